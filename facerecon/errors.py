@@ -21,3 +21,7 @@ class MorphableModelNotFoundError(FaceReconError, FileNotFoundError):
 
 class ConfigError(FaceReconError, ValueError):
     """A configuration value is invalid."""
+
+
+class ModelDownloadError(FaceReconError, OSError):
+    """A model could not be fetched from the Hugging Face Hub (offline, unknown repo, no access)."""

@@ -1,0 +1,338 @@
+"""FaceRecon: backbone + component attention head + morphable model + weak-perspective camera."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from facerecon.config import COMPONENT_PREFIXES, COMPONENT_TOKENS, FaceReconConfig
+from facerecon.errors import ModelDownloadError
+from facerecon.geometry import (
+    matrix_to_euler,
+    model_to_camera,
+    rotation_6d_to_matrix,
+    sh_shading,
+    vertex_normals,
+    weak_perspective_project,
+)
+from facerecon.models.head import Backbone, ComponentAttentionHead
+from facerecon.morphable.ict import load_morphable_data
+from facerecon.morphable.model import AlbedoModel, MorphableModel
+
+if TYPE_CHECKING:
+    from facerecon.inference.pipeline import Reconstruction
+
+logger = logging.getLogger(__name__)
+
+MODEL_CARD_TEMPLATE = """
+---
+{{ card_data }}
+---
+
+# facerecon model
+
+Single-photo 3D face reconstruction with [facerecon](https://github.com/facerecon/facerecon): a timm backbone with
+an attention head regresses ICT-FaceKit identity and expression coefficients, albedo, spherical-harmonics lighting
+and head pose.
+
+```python
+from facerecon import FaceRecon
+
+model = FaceRecon.from_pretrained("REPO_OR_FOLDER")
+result = model.reconstruct("photo.jpg")[0]
+result.export("face.glb")
+```
+
+The morphable model is built at run time from ICT-FaceKit (MIT licence, Copyright (c) 2020 USC Institute for
+Creative Technologies, https://github.com/ICT-VGL/ICT-FaceKit); it is not part of these weights.
+"""
+
+
+@dataclass
+class FaceParameters:
+    """Regressed face parameters (B = batch).
+
+    Convention: rotation acts on model-frame points (y up); translation in mm in the camera frame (x right,
+    y down, z away); scale in crop pixels per mm (weak perspective).
+
+    Attributes:
+        identity: (B, K) identity coefficients, ~N(0, 1).
+        expression: (B, 53) blendshape weights in [0, 1].
+        albedo: (B, Ka) albedo coefficients, ~N(0, 1).
+        lighting: (B, 9, 3) spherical-harmonics irradiance coefficients per RGB channel (view frame).
+        rotation: (B, 3, 3) head rotation.
+        translation: (B, 3) mm (z is 0: weak perspective has no absolute depth).
+        scale: (B,) pixels per mm.
+    """
+
+    identity: torch.Tensor
+    expression: torch.Tensor
+    albedo: torch.Tensor
+    lighting: torch.Tensor
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    scale: torch.Tensor
+
+    def detach(self) -> FaceParameters:
+        """A copy with every tensor detached."""
+        return FaceParameters(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+
+
+@dataclass
+class FaceReconOutput:
+    """Everything :meth:`FaceRecon.forward` predicts for a batch of crops.
+
+    Convention: vertices and 3D landmarks in mm in the camera frame (x right, y down, z away, origin at the
+    crop's principal point at depth 0); 2D landmarks in input-crop pixels with 0-based pixel centres; angles
+    in radians (yaw, pitch, roll in the AFLW2000-3D convention, see :func:`facerecon.geometry.matrix_to_euler`).
+
+    Attributes:
+        params: the regressed :class:`FaceParameters`.
+        euler: (B, 3) yaw, pitch, roll in radians.
+        shape: (B, N, 3) the face in the model frame before pose (mm).
+        vertices: (B, N, 3) posed vertices in the camera frame (mm).
+        normals: (B, N, 3) unit vertex normals in the view frame (y up, z towards the camera).
+        landmarks_3d: (B, 68, 3) posed landmarks (mm, camera frame).
+        landmarks_2d: (B, 68, 2) landmarks in input-crop pixels.
+        albedo: (B, N, 3) per-vertex albedo, linear RGB in [0, 1].
+        colors: (B, N, 3) shaded colours (albedo x SH irradiance).
+        attention: (B, T, h, w) cross-attention maps of the head's tokens (None when decoded from parameters).
+    """
+
+    params: FaceParameters
+    euler: torch.Tensor
+    shape: torch.Tensor
+    vertices: torch.Tensor
+    normals: torch.Tensor
+    landmarks_3d: torch.Tensor
+    landmarks_2d: torch.Tensor
+    albedo: torch.Tensor
+    colors: torch.Tensor
+    attention: torch.Tensor | None = None
+
+
+class FaceRecon(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="facerecon",
+    repo_url="https://github.com/facerecon/facerecon",
+    pipeline_tag="image-to-3d",
+    license="apache-2.0",
+    tags=["3d-face-reconstruction", "3dmm", "face-alignment", "ict-facekit"],
+    model_card_template=MODEL_CARD_TEMPLATE,
+):
+    """Single-image 3D face reconstruction model.
+
+    Args:
+        config: a :class:`FaceReconConfig` or its dict (as read from ``config.json``); defaults when None.
+        ict_path: ICT-FaceKit folder for the morphable model (else ``FACERECON_ICT``, the default search or the
+            cache, see :mod:`facerecon.morphable.ict`).
+    """
+
+    def __init__(self, config: FaceReconConfig | dict | None = None, ict_path: str | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = FaceReconConfig()
+        elif isinstance(config, dict):
+            config = FaceReconConfig.from_dict(config)
+        elif not isinstance(config, FaceReconConfig):
+            raise TypeError(f"config must be a FaceReconConfig or dict, got {type(config).__name__}")
+        self.config = config
+        self.token_names = config.tokens
+
+        data = load_morphable_data(ict_path, surface=config.surface)
+        self.morphable = MorphableModel(data, n_identity=config.n_identity)
+        if config.n_expression != self.morphable.n_expression:
+            raise ValueError(f"config.n_expression={config.n_expression} but the morphable model has "
+                             f"{self.morphable.n_expression} blendshapes")
+        self.albedo_model = _make_albedo_model(config, self.morphable.n_vertices)
+
+        self.backbone = Backbone(config.backbone, config.feature_strides, config.head_dim, config.pretrained_backbone)
+        self.head = ComponentAttentionHead(len(self.token_names), config.head_dim, config.head_heads,
+                                           config.head_layers, config.head_dropout)
+        d = config.head_dim
+        # Each component token regresses its own blendshapes.
+        groups = _expression_groups(self.morphable.expression_names)
+        self.expression_heads = nn.ModuleDict({name: nn.Linear(d, len(groups[name])) for name in COMPONENT_TOKENS})
+        order = torch.cat([torch.tensor(groups[name], dtype=torch.long) for name in COMPONENT_TOKENS])
+        self.register_buffer("expression_order", torch.argsort(order), persistent=False)
+        # Identity sees its own token and every component token (shape depends on all regions).
+        self.identity_head = nn.Linear(d * (len(COMPONENT_TOKENS) + 1), config.n_identity)
+        self.albedo_head = nn.Linear(d, config.n_albedo)
+        self.lighting_head = nn.Linear(d, 27)
+        self.pose_head = nn.Linear(d, 9)  # 6D rotation, tx, ty, log-scale
+        for lin in (*self.expression_heads.values(), self.identity_head, self.albedo_head, self.lighting_head,
+                    self.pose_head):
+            nn.init.normal_(lin.weight, std=1e-3)
+            nn.init.zeros_(lin.bias)
+        for lin in self.expression_heads.values():
+            nn.init.constant_(lin.bias, config.expression_bias)
+
+        # Camera prior: the mean face's landmarks fill 1 / crop_scale of the crop, centred.
+        lmk = self.morphable.mean[self.morphable.landmark_index]
+        extent = (lmk[:, :2].amax(0) - lmk[:, :2].amin(0)).amax()
+        self.register_buffer("scale_prior", config.input_size / (config.crop_scale * extent), persistent=False)
+        self.register_buffer("rotation_prior", torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), persistent=False)
+        ambient = torch.zeros(9, 3)
+        ambient[0] = 1.0
+        self.register_buffer("lighting_prior", ambient, persistent=False)
+
+    # ------------------------------------------------------------------ forward
+    def regress(self, tokens: torch.Tensor) -> FaceParameters:
+        """Map head tokens (B, T, D) to :class:`FaceParameters`."""
+        idx = {name: i for i, name in enumerate(self.token_names)}
+        b = tokens.shape[0]
+        exp_logits = torch.cat([self.expression_heads[n](tokens[:, idx[n]]) for n in COMPONENT_TOKENS], dim=1)
+        expression = torch.sigmoid(exp_logits.index_select(1, self.expression_order))
+        components = tokens[:, [idx[n] for n in (*COMPONENT_TOKENS, "identity")]].reshape(b, -1)
+        identity = self.identity_head(components)
+        albedo = self.albedo_head(tokens[:, idx["albedo"]])
+        lighting = self.lighting_prior + self.lighting_head(tokens[:, idx["lighting"]]).reshape(b, 9, 3)
+        pose = self.pose_head(tokens[:, idx["pose"]])
+        rotation = rotation_6d_to_matrix(pose[:, :6] + self.rotation_prior)
+        # Translation: one output unit moves the face by 10% of the crop.
+        unit_mm = 0.1 * self.config.input_size / self.scale_prior
+        translation = torch.cat([pose[:, 6:8] * unit_mm, torch.zeros_like(pose[:, :1])], dim=1)
+        scale = self.scale_prior * torch.exp(pose[:, 8])
+        return FaceParameters(identity=identity, expression=expression, albedo=albedo, lighting=lighting,
+                              rotation=rotation, translation=translation, scale=scale)
+
+    def decode(self, params: FaceParameters, attention: torch.Tensor | None = None) -> FaceReconOutput:
+        """Geometry, landmarks and colours from parameters (also used to render synthetic faces).
+
+        Args:
+            params: face parameters for B faces.
+            attention: optional (B, T, h, w) attention maps to carry along.
+
+        Returns:
+            The :class:`FaceReconOutput` in input-crop pixels of size ``config.input_size``.
+        """
+        shape = self.morphable.shape(params.identity, params.expression)
+        vertices = model_to_camera(shape, params.rotation, params.translation)
+        size = self.config.input_size
+        principal = torch.full((shape.shape[0], 2), (size - 1) / 2.0, device=shape.device, dtype=shape.dtype)
+        landmarks_3d = self.morphable.landmarks(vertices)
+        landmarks_2d = weak_perspective_project(landmarks_3d, params.scale, principal)
+        normals = vertex_normals(shape, self.morphable.faces) @ params.rotation.transpose(1, 2)
+        albedo = self.albedo_model(params.albedo)
+        colors = albedo * sh_shading(normals, params.lighting)
+        return FaceReconOutput(params=params, euler=matrix_to_euler(params.rotation), shape=shape, vertices=vertices,
+                               normals=normals, landmarks_3d=landmarks_3d, landmarks_2d=landmarks_2d, albedo=albedo,
+                               colors=colors, attention=attention)
+
+    def forward(self, images: torch.Tensor) -> FaceReconOutput:
+        """Reconstruct faces from crops.
+
+        Args:
+            images: (B, 3, S, S) RGB face crops in [0, 1], S = ``config.input_size``.
+
+        Returns:
+            :class:`FaceReconOutput`.
+        """
+        size = self.config.input_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
+            raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        tokens, attention = self.head(self.backbone(images))
+        return self.decode(self.regress(tokens), attention=attention)
+
+    # ------------------------------------------------------------------ inference helpers
+    def project(self, points_cam: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Camera-frame points (B, P, 3) -> input-crop pixels (B, P, 2) with the model's principal point."""
+        size = self.config.input_size
+        principal = torch.full((points_cam.shape[0], 2), (size - 1) / 2.0, device=points_cam.device,
+                               dtype=points_cam.dtype)
+        return weak_perspective_project(points_cam, scale, principal)
+
+    def reconstruct(self, image: Any, box: Any = None, **kwargs: Any) -> list[Reconstruction]:
+        """Reconstruct every face in a photo (see :class:`facerecon.inference.pipeline.Reconstructor`).
+
+        Args:
+            image: path, bytes, PIL image or RGB numpy array.
+            box: optional face box [x0, y0, x1, y1] in image pixels; detection runs when None.
+            **kwargs: forwarded to :meth:`Reconstructor.__call__` (e.g. ``max_faces``).
+
+        Returns:
+            One :class:`Reconstruction` per face, largest first.
+        """
+        from facerecon.inference.pipeline import Reconstructor
+
+        if getattr(self, "_reconstructor", None) is None:
+            self._reconstructor = Reconstructor(self)
+        return self._reconstructor(image, box=box, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> FaceRecon:
+        """Load a model saved with :meth:`save_pretrained`, from a local folder or a Hugging Face Hub repo id.
+
+        Args:
+            pretrained_model_name_or_path: a folder with ``config.json`` + ``model.safetensors``, or a repo id.
+            **kwargs: ``strict``, ``map_location``, ``revision``, ``token``, ``cache_dir``, ``local_files_only``,
+                ``force_download``, and model arguments such as ``ict_path``.
+
+        Raises:
+            FileNotFoundError: a local folder lacks ``config.json`` or ``model.safetensors``.
+            ModelDownloadError: the repo could not be fetched (offline, unknown repo, no access).
+        """
+        name = str(pretrained_model_name_or_path)
+        if os.path.isdir(name):
+            missing = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(name, f))]
+            if missing:
+                raise FileNotFoundError(f"'{name}' is not a saved FaceRecon model: missing {', '.join(missing)}")
+        elif os.path.exists(name) or name.endswith((".safetensors", ".json", ".pt", ".pth")) or name.count("/") > 1:
+            raise FileNotFoundError(f"'{name}' is neither a model folder nor a Hugging Face Hub repo id "
+                                    "('org/name')")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            hub_args = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only",
+                                               "force_download") if k in kwargs}
+            try:
+                for filename in ("config.json", "model.safetensors"):
+                    hf_hub_download(repo_id=name, filename=filename, **hub_args)
+            except Exception as err:
+                raise ModelDownloadError(
+                    f"could not fetch the FaceRecon model '{name}' from the Hugging Face Hub "
+                    f"({type(err).__name__}: {err}). Offline? Pass a local folder saved with save_pretrained(), "
+                    "e.g. the bundled default model (facerecon.DEFAULT_MODEL_DIR), or set HF_HUB_OFFLINE=1 to use "
+                    "a copy already in the Hub cache."
+                ) from err
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, config: FaceReconConfig | dict | None = None, **kwargs: Any) -> FaceRecon:
+        # Saved weights replace any backbone initialisation: never download ImageNet weights when loading.
+        if isinstance(config, dict):
+            config = {**config, "pretrained_backbone": False}
+        elif isinstance(config, FaceReconConfig):
+            config = dataclasses.replace(config, pretrained_backbone=False)
+        return super()._from_pretrained(config=config, **kwargs)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _make_albedo_model(config: FaceReconConfig, n_vertices: int) -> AlbedoModel:
+    if config.albedo_model == "uniform":
+        return AlbedoModel.uniform(n_vertices, config.n_albedo)
+    path = Path(config.albedo_model)
+    raise FileNotFoundError(f"albedo model '{path}' not found; use albedo_model='uniform'")
+
+
+def _expression_groups(names: tuple[str, ...]) -> dict[str, list[int]]:
+    """Assign each blendshape to the component token whose prefix it starts with."""
+    groups: dict[str, list[int]] = {name: [] for name in COMPONENT_TOKENS}
+    for i, n in enumerate(names):
+        owners = [c for c in COMPONENT_TOKENS if n.startswith(COMPONENT_PREFIXES[c])]
+        if len(owners) != 1:
+            raise ValueError(f"blendshape '{n}' matches component tokens {owners}; expected exactly one")
+        groups[owners[0]].append(i)
+    return groups

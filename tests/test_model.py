@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from facerecon.config import FaceReconConfig
+from facerecon.errors import ConfigError, ModelDownloadError
+from facerecon.models.facerecon import FaceRecon, FaceReconOutput
+
+
+def test_config_validation(make_config):
+    with pytest.raises(ConfigError, match="input_size"):
+        FaceReconConfig(input_size=100)
+    with pytest.raises(ConfigError, match="head_dim"):
+        FaceReconConfig(head_dim=30, head_heads=4)
+    with pytest.raises(ConfigError, match="n_identity"):
+        FaceReconConfig(n_identity=101)
+    with pytest.raises(ConfigError, match="surface"):
+        FaceReconConfig(surface="body")
+    with pytest.raises(ConfigError, match="unknown FaceReconConfig keys"):
+        FaceReconConfig.from_dict({"input_size": 64, "bogus": 1})
+    cfg = make_config()
+    assert FaceReconConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_unknown_backbone_is_a_clear_error(ict_dir, make_config):
+    with pytest.raises(ValueError, match="no_such_net"):
+        FaceRecon(make_config(backbone="no_such_net"))
+
+
+def test_output_fields_and_shapes(tiny_model):
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = tiny_model(x)
+    assert isinstance(out, FaceReconOutput)
+    n = tiny_model.morphable.n_vertices
+    assert out.params.identity.shape == (2, 10)
+    assert out.params.expression.shape == (2, 53)
+    assert out.params.albedo.shape == (2, 3)
+    assert out.params.lighting.shape == (2, 9, 3)
+    assert out.params.rotation.shape == (2, 3, 3)
+    assert out.params.translation.shape == (2, 3) and out.params.scale.shape == (2,)
+    assert out.vertices.shape == out.shape.shape == out.normals.shape == (2, n, 3)
+    assert out.landmarks_3d.shape == (2, 68, 3) and out.landmarks_2d.shape == (2, 68, 2)
+    assert out.albedo.shape == out.colors.shape == (2, n, 3)
+    assert out.attention.shape == (2, len(tiny_model.token_names), 4, 4)  # stride 16 at 64 px
+    assert torch.allclose(out.attention.sum((-1, -2)), torch.ones(2, 9), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(out.params.rotation), torch.ones(2), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
+        tiny_model(torch.rand(1, 3, 32, 32))
+
+
+def test_step_zero_is_the_mean_face_frontal_centred():
+    """The untrained default model predicts the mean face, frontal, centred, filling 1/1.6 of the crop."""
+    torch.manual_seed(0)
+    model = FaceRecon(FaceReconConfig()).eval()
+    size = model.config.input_size
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, size, size))
+    assert out.euler.abs().max().item() < math.radians(2.0)
+    assert out.params.expression.max().item() < 0.01
+    assert out.params.identity.abs().max().item() < 0.2  # in units of sigma
+    dev = (out.shape - model.morphable.mean).norm(dim=-1).max().item()
+    assert dev < 1.0  # mm
+    lmk = out.landmarks_2d
+    lo, hi = lmk.amin(1), lmk.amax(1)
+    centre = 0.5 * (lo + hi)
+    assert torch.allclose(centre, torch.full_like(centre, (size - 1) / 2), atol=1.5)
+    side = (hi - lo).amax(-1)
+    assert torch.allclose(side, torch.full_like(side, size / 1.6), rtol=0.03)
+    # Frontal: the image-left eye is left of the image-right eye, the chin below the nose.
+    assert torch.all(lmk[:, 36, 0] < lmk[:, 45, 0]) and torch.all(lmk[:, 8, 1] > lmk[:, 30, 1])
+    # Ambient lighting: shaded colour equals albedo within 3%.
+    assert torch.allclose(out.colors, out.albedo, atol=0.03)
+
+
+def test_every_parameter_gets_a_gradient(ict_dir, make_config):
+    torch.manual_seed(0)
+    model = FaceRecon(make_config()).train()
+    x = torch.rand(4, 3, 64, 64)
+    target = torch.rand(4, 68, 2) * 64
+    out = model(x)
+    landmark_loss = (out.landmarks_2d - target).abs().mean()
+    landmark_loss.backward(retain_graph=True)
+    colour_only = {"albedo_head.weight", "albedo_head.bias", "lighting_head.weight", "lighting_head.bias"}
+    for name, p in model.named_parameters():
+        if name in colour_only:
+            assert p.grad is None or p.grad.abs().sum() == 0, name
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, f"{name} gets no gradient from the landmark loss"
+    # The albedo and lighting heads are reached by a loss on the shaded colours.
+    model.zero_grad()
+    (landmark_loss + (out.colors - 0.5).square().mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if k.startswith(("morphable.", "albedo_model."))]
+    assert "backbone.pixel_mean" not in keys and "scale_prior" not in keys
+    assert json.loads((tmp_path / "config.json").read_text())["backbone"] == "test_efficientnet"
+    loaded = FaceRecon.from_pretrained(tmp_path, strict=True).eval()
+    assert loaded.config == tiny_model.config
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = tiny_model(x), loaded(x)
+    for field in ("vertices", "landmarks_2d", "colors", "attention"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    card = (tmp_path / "README.md").read_text()
+    assert "pipeline_tag: image-to-3d" in card and "ICT-FaceKit" in card and "MIT" in card
+
+
+def test_load_never_downloads_backbone_weights(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["pretrained_backbone"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = FaceRecon.from_pretrained(tmp_path, strict=True)
+    assert loaded.config.pretrained_backbone is False
+
+
+def test_from_pretrained_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        (tmp_path / "config.json").write_text("{}")
+        FaceRecon.from_pretrained(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelDownloadError, match="Hugging Face Hub.*local folder"):
+        FaceRecon.from_pretrained("facerecon-org/facerecon-does-not-exist", cache_dir=tmp_path / "hub")
+
+
+def test_push_to_hub_through_the_mixin(tiny_model, tmp_path, monkeypatch):
+    """push_to_hub uploads config.json, model.safetensors and the card; the upload is mocked (no network)."""
+    import huggingface_hub.hub_mixin as hub_mixin
+
+    uploaded: dict[str, object] = {}
+
+    class FakeApi:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            from huggingface_hub import RepoUrl
+
+            uploaded["repo_id"] = repo_id
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs):
+            folder = Path(folder_path)
+            uploaded["files"] = sorted(p.name for p in folder.iterdir())
+            uploaded["config"] = json.loads((folder / "config.json").read_text())
+            with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+                uploaded["n_tensors"] = len(list(f.keys()))
+            return "https://huggingface.co/commit/0"
+
+    monkeypatch.setattr(hub_mixin, "HfApi", FakeApi)
+    tiny_model.push_to_hub("org/facerecon-test")
+    assert uploaded["repo_id"] == "org/facerecon-test"
+    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert uploaded["config"]["input_size"] == 64
+    assert uploaded["n_tensors"] == len(tiny_model.state_dict())
