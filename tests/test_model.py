@@ -172,3 +172,13 @@ def test_push_to_hub_through_the_mixin(tiny_model, tmp_path, monkeypatch):
     assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
     assert uploaded["config"]["input_size"] == 64
     assert uploaded["n_tensors"] == len(tiny_model.state_dict())
+
+
+def test_landmarks_only_decode_matches_full(tiny_model):
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        full = tiny_model(x)
+        fast = tiny_model(x, landmarks_only=True)
+    assert fast.vertices is None and fast.colors is None
+    assert torch.allclose(fast.landmarks_2d, full.landmarks_2d, atol=1e-4)
+    assert torch.allclose(fast.landmarks_3d, full.landmarks_3d, atol=1e-4)

@@ -105,17 +105,19 @@ class FaceReconOutput:
         albedo: (B, N, 3) per-vertex albedo, linear RGB in [0, 1].
         colors: (B, N, 3) shaded colours (albedo x SH irradiance).
         attention: (B, T, h, w) cross-attention maps of the head's tokens (None when decoded from parameters).
+
+    The mesh fields (shape, vertices, normals, albedo, colors) are None when decoded with ``landmarks_only``.
     """
 
     params: FaceParameters
     euler: torch.Tensor
-    shape: torch.Tensor
-    vertices: torch.Tensor
-    normals: torch.Tensor
+    shape: torch.Tensor | None
+    vertices: torch.Tensor | None
+    normals: torch.Tensor | None
     landmarks_3d: torch.Tensor
     landmarks_2d: torch.Tensor
-    albedo: torch.Tensor
-    colors: torch.Tensor
+    albedo: torch.Tensor | None
+    colors: torch.Tensor | None
     attention: torch.Tensor | None = None
 
 
@@ -205,22 +207,30 @@ class FaceRecon(
         return FaceParameters(identity=identity, expression=expression, albedo=albedo, lighting=lighting,
                               rotation=rotation, translation=translation, scale=scale)
 
-    def decode(self, params: FaceParameters, attention: torch.Tensor | None = None) -> FaceReconOutput:
+    def decode(self, params: FaceParameters, attention: torch.Tensor | None = None,
+               landmarks_only: bool = False) -> FaceReconOutput:
         """Geometry, landmarks and colours from parameters (also used to render synthetic faces).
 
         Args:
             params: face parameters for B faces.
             attention: optional (B, T, h, w) attention maps to carry along.
+            landmarks_only: compute only pose and landmarks; the mesh fields (``shape``, ``vertices``,
+                ``normals``, ``albedo``, ``colors``) are None. Much cheaper for landmark-only training.
 
         Returns:
             The :class:`FaceReconOutput` in input-crop pixels of size ``config.input_size``.
         """
+        if landmarks_only:
+            lmk_shape = self.morphable.shape(params.identity, params.expression, landmarks_only=True)
+            landmarks_3d = model_to_camera(lmk_shape, params.rotation, params.translation)
+            return FaceReconOutput(params=params, euler=matrix_to_euler(params.rotation), shape=None, vertices=None,
+                                   normals=None, landmarks_3d=landmarks_3d,
+                                   landmarks_2d=self.project(landmarks_3d, params.scale), albedo=None, colors=None,
+                                   attention=attention)
         shape = self.morphable.shape(params.identity, params.expression)
         vertices = model_to_camera(shape, params.rotation, params.translation)
-        size = self.config.input_size
-        principal = torch.full((shape.shape[0], 2), (size - 1) / 2.0, device=shape.device, dtype=shape.dtype)
         landmarks_3d = self.morphable.landmarks(vertices)
-        landmarks_2d = weak_perspective_project(landmarks_3d, params.scale, principal)
+        landmarks_2d = self.project(landmarks_3d, params.scale)
         normals = vertex_normals(shape, self.morphable.faces) @ params.rotation.transpose(1, 2)
         albedo = self.albedo_model(params.albedo)
         colors = albedo * sh_shading(normals, params.lighting)
@@ -228,11 +238,12 @@ class FaceRecon(
                                normals=normals, landmarks_3d=landmarks_3d, landmarks_2d=landmarks_2d, albedo=albedo,
                                colors=colors, attention=attention)
 
-    def forward(self, images: torch.Tensor) -> FaceReconOutput:
+    def forward(self, images: torch.Tensor, landmarks_only: bool = False) -> FaceReconOutput:
         """Reconstruct faces from crops.
 
         Args:
             images: (B, 3, S, S) RGB face crops in [0, 1], S = ``config.input_size``.
+            landmarks_only: skip the dense mesh (see :meth:`decode`).
 
         Returns:
             :class:`FaceReconOutput`.
@@ -241,7 +252,7 @@ class FaceRecon(
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         tokens, attention = self.head(self.backbone(images))
-        return self.decode(self.regress(tokens), attention=attention)
+        return self.decode(self.regress(tokens), attention=attention, landmarks_only=landmarks_only)
 
     # ------------------------------------------------------------------ inference helpers
     def project(self, points_cam: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,10 @@ class MorphableModel(nn.Module):
         self.register_buffer("landmark_index", data.landmark_index.clone(), persistent=False)
         self.register_buffer("landmark_mirror", data.landmark_mirror.clone(), persistent=False)
         self.register_buffer("vertex_mirror", data.vertex_mirror.clone(), persistent=False)
+        lmk = data.landmark_index
+        self.register_buffer("landmark_mean", self.mean[lmk].clone(), persistent=False)
+        self.register_buffer("landmark_identity_basis", self.identity_basis[:, lmk].clone(), persistent=False)
+        self.register_buffer("landmark_expression_basis", self.expression_basis[:, lmk].clone(), persistent=False)
 
     @property
     def n_vertices(self) -> int:
@@ -56,23 +60,28 @@ class MorphableModel(nn.Module):
         """Number of expression blendshapes E."""
         return self.expression_basis.shape[0]
 
-    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+    def shape(self, identity: torch.Tensor, expression: torch.Tensor, landmarks_only: bool = False) -> torch.Tensor:
         """Vertices of a face in the model frame.
 
         Args:
             identity: (B, K) identity coefficients, ~N(0, 1).
             expression: (B, E) blendshape weights in [0, 1].
+            landmarks_only: evaluate only the 68 landmark vertices (cheap; for landmark-only training).
 
         Returns:
-            (B, N, 3) vertices in mm. Convention: model frame (+y up, +z towards the viewer).
+            (B, N, 3) vertices in mm, or (B, 68, 3) with ``landmarks_only``. Convention: model frame (+y up, +z
+            towards the viewer).
         """
         if identity.shape[-1] != self.n_identity or expression.shape[-1] != self.n_expression:
             raise ValueError(f"expected identity (B, {self.n_identity}) and expression (B, {self.n_expression}), "
                              f"got {tuple(identity.shape)} and {tuple(expression.shape)}")
-        scaled = identity * self.identity_std
-        offset = torch.einsum("bk,knc->bnc", scaled, self.identity_basis)
-        offset = offset + torch.einsum("be,enc->bnc", expression, self.expression_basis)
-        return self.mean + offset
+        if landmarks_only:
+            mean, ident, expr = self.landmark_mean, self.landmark_identity_basis, self.landmark_expression_basis
+        else:
+            mean, ident, expr = self.mean, self.identity_basis, self.expression_basis
+        offset = torch.einsum("bk,knc->bnc", identity * self.identity_std, ident)
+        offset = offset + torch.einsum("be,enc->bnc", expression, expr)
+        return mean + offset
 
     def landmarks(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) -> (B, 68, 3) landmark vertices."""

@@ -1,0 +1,144 @@
+"""Training options (separate from the model's :class:`facerecon.FaceReconConfig`), loaded from YAML + flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from facerecon.config import FaceReconConfig
+
+
+@dataclass
+class LossWeights:
+    """Weights of the terms of L_total = L_recon + alpha L_perceptual + beta L_reg + landmark + photometric."""
+
+    recon: float = 1.0
+    landmark: float = 1.0
+    photometric: float = 0.0
+    perceptual: float = 0.0  # alpha
+    regularization: float = 1.0  # beta
+    identity_prior: float = 1e-3
+    expression_prior: float = 1e-3
+    albedo_prior: float = 1e-3
+    lighting_prior: float = 1e-3
+    eye_weight: float = 2.0
+    mouth_weight: float = 1.5
+
+
+@dataclass
+class TrainConfig:
+    """All options of ``training/train.py``.
+
+    Attributes:
+        model: FaceReconConfig fields (a dict, validated by FaceReconConfig).
+        init_from: a saved model folder / repo id to fine-tune from (its config replaces ``model``).
+        sources: real data sources to train on.
+        synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
+        batch_size: global batch per optimisation step (split over processes and accumulation steps).
+        grad_accum: gradient-accumulation steps.
+        lr, weight_decay, warmup_steps, max_steps, epochs: optimisation (Adam, lr 1e-3 in the paper).
+        schedule: "cosine" (warm-up + cosine annealing) or "cyclic" (cosine with warm restarts every cycle_steps).
+        mixed_precision: "no", "fp16" or "bf16" (accelerate).
+        grad_clip: max gradient norm (0 disables).
+        val_every: validate every this many steps (0: once per epoch).
+        patience: early stopping after this many validations without improvement (0 disables).
+        save_every: checkpoint (accelerate save_state) every this many steps.
+        output_dir: run folder (checkpoints/, best/, logs/).
+        seed, workers, log_every, val_limit: misc.
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    sources: list[str] = field(default_factory=lambda: ["300w", "aflw"])
+    synthetic_fraction: float = 0.0
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    cycle_steps: int = 1000
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    epochs: int = 1000
+    mixed_precision: str = "no"
+    grad_clip: float = 5.0
+    val_every: int = 200
+    val_limit: int = 0
+    patience: int = 8
+    save_every: int = 200
+    log_every: int = 10
+    output_dir: str = "runs/default"
+    seed: int = 0
+    workers: int = 0
+    augment: bool = True
+    loss: LossWeights = field(default_factory=LossWeights)
+    push_to_hub: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = LossWeights(**self.loss)
+        FaceReconConfig(**self.model)  # validate early
+        if self.schedule not in ("cosine", "cyclic"):
+            raise ValueError(f"schedule must be 'cosine' or 'cyclic', got {self.schedule!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
+            raise ValueError("batch_size, grad_accum and max_steps must be >= 1")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        unknown = set(self.sources) - {"300w", "aflw", "utkface"}
+        if unknown:
+            raise ValueError(f"unknown data sources {sorted(unknown)}; use 300w, aflw, utkface")
+
+    def model_config(self) -> FaceReconConfig:
+        """The model configuration."""
+        return FaceReconConfig(**self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for YAML / tracker hyper-parameters)."""
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config and apply ``key=value`` overrides (dotted keys reach into ``model.`` and ``loss.``).
+
+    Args:
+        path: YAML file or None for the defaults.
+        overrides: e.g. ``["lr=3e-4", "model.input_size=160", "loss.landmark=2"]``.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    known = {f.name for f in fields(TrainConfig)}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value)
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+    return TrainConfig(**data)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the training entry points."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML training config")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set lr=3e-4 model.input_size=160")

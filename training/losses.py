@@ -1,0 +1,104 @@
+"""Loss terms of the paper: L_total = L_recon + alpha L_perceptual + beta L_reg + landmark + photometric.
+
+Every function is a pure, batched tensor function returning a scalar; :func:`total_loss` combines them with the
+weights of :class:`training.config.LossWeights` and returns the named parts for logging.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from facerecon.models.facerecon import FaceReconOutput
+from training.config import LossWeights
+
+#: Extended-layout (71 points) indices of the eyes (36-47 + eye centres) and the mouth (48-67 + mouth centre).
+EYE_POINTS = (*range(36, 48), 68, 69)
+MOUTH_POINTS = (*range(48, 68), 70)
+
+
+def point_weights(n_points: int, eye_weight: float, mouth_weight: float, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(P,) per-point importance: eyes and mouth weighted up (P = 71, the extended layout)."""
+    w = torch.ones(n_points, device=device, dtype=dtype)
+    w[list(EYE_POINTS)] = eye_weight
+    w[list(MOUTH_POINTS)] = mouth_weight
+    return w
+
+
+def landmark_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, crop_size: int,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean Euclidean landmark error as a fraction of the crop side.
+
+    Args:
+        pred: (B, P, 2) predicted landmarks in crop pixels.
+        target: (B, P, 2) target landmarks in crop pixels (any value where the weight is 0).
+        weights: (B, P) visibility / confidence weights (0 = no target).
+        crop_size: crop side S in pixels.
+        importance: optional (P,) per-point importance (e.g. from :func:`point_weights`).
+
+    Returns:
+        Scalar loss; 0 (with a graph) when no point has a target.
+
+    Convention: 0-based pixel centres; distances divided by S.
+    """
+    w = weights if importance is None else weights * importance
+    target = torch.where(w[..., None] > 0, target, pred.detach())  # NaN-safe for missing points
+    dist = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-8) / crop_size
+    return (dist * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def vertex_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L_recon: mean per-vertex Euclidean distance in mm between predicted and ground-truth vertices.
+
+    Args:
+        pred: (B, N, 3) predicted vertices (mm).
+        target: (B, N, 3) ground truth (mm).
+        mask: optional (B,) bool: which samples have 3D ground truth.
+    """
+    dist = (pred - target).norm(dim=-1).mean(-1)
+    if mask is None:
+        return dist.mean()
+    m = mask.to(dist.dtype)
+    return (dist * m).sum() / m.sum().clamp_min(1.0)
+
+
+def regularization_loss(out: FaceReconOutput, weights: LossWeights) -> torch.Tensor:
+    """L_reg: Gaussian priors on identity and albedo, sparsity on expressions, lighting near ambient."""
+    p = out.params
+    identity = p.identity.square().mean()
+    albedo = p.albedo.square().mean()
+    expression = p.expression.abs().mean()
+    ambient = torch.zeros_like(p.lighting)
+    ambient[:, 0] = 1.0
+    lighting = (p.lighting - ambient).square().mean()
+    return (weights.identity_prior * identity + weights.expression_prior * expression
+            + weights.albedo_prior * albedo + weights.lighting_prior * lighting)
+
+
+def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: LossWeights, crop_size: int,
+               extend: callable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Combine the loss terms available for this batch.
+
+    Args:
+        out: model output.
+        batch: ``landmarks`` (B, 71, 2), ``weights`` (B, 71), optionally ``vertices`` (B, N, 3) and
+            ``has_vertices`` (B,) for samples with 3D ground truth.
+        weights: loss weights.
+        crop_size: input crop side.
+        extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
+
+    Returns:
+        The total loss and a dict of the named (detached) parts.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    pred71 = extend(out.landmarks_2d)
+    importance = point_weights(pred71.shape[1], weights.eye_weight, weights.mouth_weight, pred71.device,
+                               pred71.dtype)
+    parts["landmark"] = landmark_loss(pred71, batch["landmarks"], batch["weights"], crop_size, importance)
+    parts["reg"] = regularization_loss(out, weights)
+    total = weights.landmark * parts["landmark"] + weights.regularization * parts["reg"]
+    if "vertices" in batch and weights.recon > 0:
+        parts["recon"] = vertex_loss(out.vertices, batch["vertices"], batch.get("has_vertices"))
+        total = total + weights.recon * parts["recon"]
+    parts["total"] = total
+    return total, {k: v.detach() for k, v in parts.items()}

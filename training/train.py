@@ -1,0 +1,317 @@
+"""Train FaceRecon: ``accelerate launch training/train.py --config training/configs/NAME.yaml [flags]``.
+
+The script owns no model code: it builds :class:`facerecon.FaceRecon`, the datasets of :mod:`training.data`, the
+losses of :mod:`training.losses`, and runs the loop with :class:`accelerate.Accelerator` (CPU, one or many GPUs,
+several machines, mixed precision), with checkpoints (``save_state`` / ``--resume``), TensorBoard logging,
+validation NME, early stopping and ``save_pretrained`` of the best model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from training.config import TrainConfig, add_config_arguments, load_config
+
+logger = logging.getLogger("facerecon.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags (they override the YAML file)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--output-dir", default=None, help="run folder (overrides output_dir)")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimisation steps (overrides max_steps)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (overrides batch_size)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (overrides lr)")
+    parser.add_argument("--init-from", default=None, help="fine-tune from a saved model folder or repo id")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="resume from a checkpoint folder, or 'latest' in output_dir/checkpoints")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the best model to this Hub repo")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge YAML, ``--set`` overrides and explicit flags (flags win)."""
+    overrides = list(args.overrides)
+    for flag, key in (("output_dir", "output_dir"), ("max_steps", "max_steps"), ("batch_size", "batch_size"),
+                      ("lr", "lr"), ("init_from", "init_from"), ("mixed_precision", "mixed_precision"),
+                      ("push_to_hub", "push_to_hub")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of the base learning rate at each step: linear warm-up, then cosine (or cyclic cosine)."""
+
+    def fn(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        t = step - cfg.warmup_steps
+        if cfg.schedule == "cyclic":
+            t = t % max(1, cfg.cycle_steps)
+            period = max(1, cfg.cycle_steps)
+        else:
+            period = max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(t, period) / period))
+
+    return fn
+
+
+def build_model(cfg: TrainConfig):
+    """The model to train: fresh from ``cfg.model`` or fine-tuned from ``cfg.init_from``."""
+    from facerecon.models.facerecon import FaceRecon
+
+    if cfg.init_from:
+        return FaceRecon.from_pretrained(cfg.init_from, strict=True)
+    return FaceRecon(cfg.model_config())
+
+
+def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
+    """Training and validation datasets from the deterministic 70/15/15 split of the real pool."""
+    from training.data import RealFaceDataset, format_split_sizes, make_splits
+
+    splits = make_splits(seed=0, sources=cfg.sources)
+    logger.info("data splits:\n%s", format_split_sizes(splits))
+    train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed)
+    val_records = [r for r in splits["val"] if r.has_landmarks]
+    if cfg.val_limit:
+        val_records = val_records[:: max(1, len(val_records) // cfg.val_limit)][: cfg.val_limit]
+    val = RealFaceDataset(val_records, size=input_size, augment=False, split="val")
+    return train, val
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A seeded permutation per epoch (``set_epoch``), so resumed runs see exactly the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def nme(pred71: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample NME: mean visible-point error / sqrt(w * h) of the visible targets' bounding box.
+
+    Args:
+        pred71: (B, 71, 2) predicted landmarks.
+        target: (B, 71, 2) target landmarks.
+        weights: (B, 71) target weights (> 0 = visible).
+
+    Returns:
+        (B,) normalised mean errors (NaN-free; samples without points give 0).
+    """
+    vis = weights > 0
+    big = torch.finfo(target.dtype).max
+    t = torch.where(vis[..., None], target, torch.zeros_like(target))
+    lo = torch.where(vis[..., None], target, torch.full_like(target, big)).amin(1)
+    hi = torch.where(vis[..., None], target, torch.full_like(target, -big)).amax(1)
+    size = ((hi - lo).clamp_min(1e-3).prod(-1)).sqrt()
+    err = ((pred71 - t).norm(dim=-1) * vis).sum(1) / vis.sum(1).clamp_min(1)
+    return torch.where(vis.any(1), err / size, torch.zeros_like(err))
+
+
+def evaluate(model, loader: DataLoader, accelerator, extend) -> dict[str, float]:
+    """Validation NME (68-point layout restricted to the visible targets), gathered over processes."""
+    model.eval()
+    errs = []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(batch["image"], landmarks_only=True)
+            # Only the 68 iBUG points count for NME (the virtual centres are training aids).
+            w = batch["weights"].clone()
+            w[:, 68:] = 0
+            e = nme(extend(out.landmarks_2d.float()), batch["landmarks"], w)
+            errs.append(accelerator.gather_for_metrics(e))
+    model.train()
+    all_err = torch.cat(errs) if errs else torch.zeros(0)
+    return {"nme": float(all_err.mean()) if len(all_err) else float("nan"), "n": int(len(all_err))}
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """Run training; returns a summary (best validation NME, steps, paths)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from training.data import extend_landmarks
+    from training.losses import total_loss
+
+    out_dir = Path(cfg.output_dir)
+    # Parameters that no active loss reaches (albedo / lighting heads without a photometric loss) need DDP's
+    # unused-parameter search.
+    photometric = cfg.loss.photometric > 0 or cfg.loss.perceptual > 0
+    needs_mesh = photometric or (cfg.loss.recon > 0 and cfg.synthetic_fraction > 0)
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=not photometric)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs"),
+                                            automatic_checkpoint_naming=False),
+        kwargs_handlers=[ddp_kwargs],
+    )
+    set_seed(cfg.seed, device_specific=True)
+    model = build_model(cfg)
+    size = model.config.input_size
+    train_set, val_set = build_datasets(cfg, size)
+    per_device = max(1, cfg.batch_size // (accelerator.num_processes * cfg.grad_accum))
+    train_loader = DataLoader(train_set, batch_size=per_device, sampler=EpochSampler(len(train_set), cfg.seed),
+                              drop_last=True, num_workers=cfg.workers)  # not persistent: set_epoch must reach workers
+    val_loader = DataLoader(val_set, batch_size=per_device, shuffle=False, num_workers=cfg.workers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+
+    ckpt_dir = out_dir / "checkpoints"
+    state_file = out_dir / "train_state.json"
+    step, best, bad_evals, epoch, skip = 0, float("inf"), 0, 0, 0
+    if resume:
+        path = _latest_checkpoint(ckpt_dir) if resume == "latest" else Path(resume)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir}")
+        accelerator.load_state(str(path))
+        meta = json.loads((path / "meta.json").read_text())
+        step, best, bad_evals, epoch, skip = (meta["step"], meta["best"], meta["bad_evals"], meta["epoch"],
+                                              meta["batches_in_epoch"])
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, step, epoch, skip)
+
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    accelerator.init_trackers("facerecon", config=_flat_hparams(cfg))
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    t0, seen = time.time(), 0
+    history: list[dict[str, float]] = []
+    stop = False
+    while step < cfg.max_steps and epoch < cfg.epochs and not stop:
+        train_set.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        batches = skip
+        skip = 0
+        for batch in loader:
+            batches += 1
+            with accelerator.accumulate(model):
+                out = model(batch["image"], landmarks_only=not needs_mesh)
+                loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            seen += batch["image"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                logs = {f"train/{k}": float(v) for k, v in parts.items()}
+                logs["train/lr"] = scheduler.get_last_lr()[0]
+                logs["train/images_per_s"] = seen / max(time.time() - t0, 1e-6)
+                accelerator.log(logs, step=step)
+                bar.set_postfix(loss=f"{float(parts['total']):.4f}", lmk=f"{float(parts['landmark']):.4f}")
+            if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
+                metrics = evaluate(model, val_loader, accelerator, extend_landmarks)
+                accelerator.log({"val/nme": metrics["nme"]}, step=step)
+                history.append({"step": step, "val_nme": metrics["nme"]})
+                logger.info("step %d: val NME %.4f on %d faces", step, metrics["nme"], metrics["n"])
+                if metrics["nme"] < best:
+                    best, bad_evals = metrics["nme"], 0
+                    _save_best(accelerator, model, out_dir / "best", cfg, step, metrics)
+                else:
+                    bad_evals += 1
+                    if cfg.patience and bad_evals >= cfg.patience:
+                        logger.info("early stopping: no improvement in %d validations", bad_evals)
+                        stop = True
+            if step % cfg.save_every == 0 or stop or step == cfg.max_steps:
+                meta = {"step": step, "best": best, "bad_evals": bad_evals, "epoch": epoch,
+                        "batches_in_epoch": batches}
+                _checkpoint(accelerator, ckpt_dir / f"step_{step:07d}", meta)
+            if stop or step >= cfg.max_steps:
+                break
+        else:
+            epoch += 1
+    bar.close()
+    accelerator.wait_for_everyone()
+    summary = {"best_val_nme": best, "steps": step, "best_dir": str(out_dir / "best"), "history": history,
+               "images_per_s": seen / max(time.time() - t0, 1e-6)}
+    if accelerator.is_main_process:
+        state_file.write_text(json.dumps(summary, indent=1))
+        if cfg.push_to_hub and (out_dir / "best").is_dir():
+            from facerecon.models.facerecon import FaceRecon
+
+            FaceRecon.from_pretrained(out_dir / "best", strict=True).push_to_hub(cfg.push_to_hub)
+    accelerator.end_training()
+    return summary
+
+
+def _flat_hparams(cfg: TrainConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, int | float | str | bool)})
+        elif isinstance(v, int | float | str | bool):
+            flat[k] = v
+    return flat
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(p for p in ckpt_dir.glob("step_*") if (p / "meta.json").is_file())
+    return found[-1] if found else None
+
+
+def _checkpoint(accelerator, path: Path, meta: dict[str, Any], keep: int = 2) -> None:
+    """``save_state`` plus the loop counters; keeps the newest ``keep`` checkpoints."""
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "meta.json").write_text(json.dumps(meta))
+        old = sorted(p for p in path.parent.glob("step_*") if p != path)
+        for p in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _save_best(accelerator, model, path: Path, cfg: TrainConfig, step: int, metrics: dict[str, float]) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(path)
+        (path / "training.json").write_text(json.dumps({"step": step, "val": metrics, "config": cfg.to_dict()},
+                                                       indent=1))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    return train(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()
