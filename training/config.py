@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
             self.loss = LossWeights(**self.loss)
+        _coerce_numbers(self)
+        _coerce_numbers(self.loss)
         FaceReconConfig(**self.model)  # validate early
         if self.schedule not in ("cosine", "cyclic"):
             raise ValueError(f"schedule must be 'cosine' or 'cyclic', got {self.schedule!r}")
@@ -102,10 +105,26 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _coerce_numbers(obj: Any) -> None:
+    """Turn numeric strings (e.g. YAML's '3e-4') into the int / float the dataclass field declares."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kind = {"float": float, "int": int}.get(str(f.type))
+        if kind is None or isinstance(value, bool):
+            continue
+        try:
+            setattr(obj, f.name, kind(value))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"training config '{f.name}' must be a number, got {value!r}") from err
+
+
 def _parse_value(text: str) -> Any:
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return json.loads(text)  # numbers such as 3e-4 (YAML 1.1 reads those as strings), lists, true/false
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

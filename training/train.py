@@ -150,8 +150,17 @@ def evaluate(model, loader: DataLoader, accelerator, extend) -> dict[str, float]
     return {"nme": float(all_err.mean()) if len(all_err) else float("nan"), "n": int(len(all_err))}
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    """Run training; returns a summary (best validation NME, steps, paths)."""
+def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = False) -> dict[str, Any]:
+    """Run training.
+
+    Args:
+        cfg: training options.
+        resume: checkpoint folder, or "latest" (in ``output_dir/checkpoints``), or None.
+        return_model: also return the trained (unwrapped) model under the key "model".
+
+    Returns:
+        A summary: best validation NME, steps, validation history, per-step training losses, throughput.
+    """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
@@ -206,6 +215,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     t0, seen = time.time(), 0
     history: list[dict[str, float]] = []
+    train_losses: dict[int, float] = {}
     stop = False
     while step < cfg.max_steps and epoch < cfg.epochs and not stop:
         train_set.set_epoch(epoch)
@@ -228,6 +238,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            train_losses[step] = float(accelerator.reduce(parts["total"], reduction="mean"))
             bar.update(1)
             if step % cfg.log_every == 0:
                 logs = {f"train/{k}": float(v) for k, v in parts.items()}
@@ -259,6 +270,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     bar.close()
     accelerator.wait_for_everyone()
     summary = {"best_val_nme": best, "steps": step, "best_dir": str(out_dir / "best"), "history": history,
+               "train_losses": train_losses,
                "images_per_s": seen / max(time.time() - t0, 1e-6)}
     if accelerator.is_main_process:
         state_file.write_text(json.dumps(summary, indent=1))
@@ -267,6 +279,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
 
             FaceRecon.from_pretrained(out_dir / "best", strict=True).push_to_hub(cfg.push_to_hub)
     accelerator.end_training()
+    if return_model:
+        summary["model"] = accelerator.unwrap_model(model)
     return summary
 
 
@@ -303,6 +317,7 @@ def _save_best(accelerator, model, path: Path, cfg: TrainConfig, step: int, metr
         unwrapped.save_pretrained(path)
         (path / "training.json").write_text(json.dumps({"step": step, "val": metrics, "config": cfg.to_dict()},
                                                        indent=1))
+    accelerator.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""Training: losses step down, resume is exact, 2-process gloo data parallelism."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.config import LossWeights, load_config
+from training.data import extend_landmarks
+from training.losses import landmark_loss, point_weights, regularization_loss, total_loss, vertex_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "training" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def fixed_batch(ict_dir):
+    from training.data import RealFaceDataset, make_splits
+
+    try:
+        recs = make_splits(seed=0, sources=["300w"])["train"][:8]
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    ds = RealFaceDataset(recs, size=64, augment=False)
+    return torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+
+
+def _loss_terms(model, batch, target_vertices):
+    out = model(batch["image"])
+    w = LossWeights()
+    pred71 = extend_landmarks(out.landmarks_2d)
+    return {
+        "landmark": landmark_loss(pred71, batch["landmarks"], batch["weights"], 64,
+                                  point_weights(71, w.eye_weight, w.mouth_weight)),
+        "reg": regularization_loss(out, w),
+        "recon": vertex_loss(out.vertices, target_vertices),
+    }
+
+
+def test_one_step_lowers_each_loss(fixed_batch, make_config):
+    from facerecon.models.facerecon import FaceRecon
+
+    torch.manual_seed(0)
+    base = FaceRecon(make_config()).train()
+    with torch.no_grad():  # start away from the priors' optimum (at init the coefficients are already ~0)
+        base.identity_head.bias.fill_(0.5)
+        base.albedo_head.bias.fill_(0.5)
+        base.lighting_head.bias.fill_(0.1)
+        target = base(fixed_batch["image"]).vertices + 1.0  # a fixed 3D target, 1 mm off along every axis
+    for name in ("landmark", "reg", "recon"):
+        model = copy.deepcopy(base)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        before = _loss_terms(model, fixed_batch, target)[name]
+        before.backward()
+        opt.step()
+        with torch.no_grad():  # train mode both times: BatchNorm uses the same batch statistics
+            after = _loss_terms(model, fixed_batch, target)[name]
+        assert after < before, f"{name}: {before.item():.6g} -> {after.item():.6g}"
+
+
+def test_total_loss_parts(fixed_batch, tiny_model):
+    out = tiny_model(fixed_batch["image"])
+    total, parts = total_loss(out, fixed_batch, LossWeights(), 64, extend_landmarks)
+    assert set(parts) == {"landmark", "reg", "total"}
+    assert math.isclose(parts["total"].item(), (parts["landmark"] + parts["reg"]).item(), rel_tol=1e-5)
+    # Missing targets (weight 0, NaN coordinates) do not poison the loss.
+    batch = dict(fixed_batch)
+    batch["landmarks"] = fixed_batch["landmarks"].clone()
+    batch["landmarks"][:, :10] = float("nan")
+    batch["weights"] = fixed_batch["weights"].clone()
+    batch["weights"][:, :10] = 0
+    assert torch.isfinite(total_loss(out, batch, LossWeights(), 64, extend_landmarks)[0])
+
+
+def test_lr_schedule_warmup_cosine_and_cyclic():
+    from training.train import lr_lambda
+
+    cfg = load_config(None, ["warmup_steps=10", "max_steps=110"])
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.01 + 0.99 * 0.5, rel=1e-6) and f(110) == pytest.approx(0.01)
+    cyc = lr_lambda(load_config(None, ["warmup_steps=0", "schedule=cyclic", "cycle_steps=20"]))
+    assert cyc(0) == pytest.approx(1.0) and cyc(20) == pytest.approx(1.0) and cyc(10) < 0.6
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(TINY, ["lr=3e-4", "model.input_size=96", "loss.landmark=2"])
+    assert cfg.lr == 3e-4 and cfg.model["input_size"] == 96 and cfg.loss.landmark == 2
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        load_config(TINY, ["bogus=1"])
+    with pytest.raises(ValueError, match="input_size"):
+        load_config(TINY, ["model.input_size=100"])
+
+
+def _tiny_cfg(out: Path, *extra: str):
+    return load_config(TINY, [f"output_dir={out}", *extra])
+
+
+@pytest.mark.timeout(300)
+def test_train_resume_reproduces_next_step(ict_dir, tmp_path):
+    from training.train import train
+
+    full = train(_tiny_cfg(tmp_path / "a", "max_steps=4", "save_every=2", "val_every=4"))
+    assert full["steps"] == 4 and (tmp_path / "a" / "best" / "model.safetensors").is_file()
+    assert math.isfinite(full["best_val_nme"])
+    ckpt = tmp_path / "a" / "checkpoints" / "step_0000002"
+    assert (ckpt / "meta.json").is_file()
+    shutil.copytree(ckpt, tmp_path / "b" / "checkpoints" / "step_0000002")
+    resumed = train(_tiny_cfg(tmp_path / "b", "max_steps=4", "save_every=2", "val_every=4"), resume="latest")
+    assert resumed["steps"] == 4
+    for step in (3, 4):
+        assert resumed["train_losses"][step] == pytest.approx(full["train_losses"][step], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.timeout(600)
+def test_two_process_gloo_training(ict_dir, tmp_path):
+    """The unchanged script path under ``accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(ROOT / "tests" / "ddp_check.py"), str(tmp_path), str(TINY)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shards = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == 16
