@@ -16,7 +16,7 @@ from facerecon.config import FaceReconConfig
 class LossWeights:
     """Weights of the terms of L_total = L_recon + alpha L_perceptual + beta L_reg + landmark + photometric."""
 
-    recon: float = 1.0
+    recon: float = 0.005  # per mm: 1 mm is about 0.4% of the default crop
     landmark: float = 1.0
     photometric: float = 0.0
     perceptual: float = 0.0  # alpha

@@ -187,8 +187,17 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
     size = model.config.input_size
     train_set, val_set = build_datasets(cfg, size)
     per_device = max(1, cfg.batch_size // (accelerator.num_processes * cfg.grad_accum))
-    train_loader = DataLoader(train_set, batch_size=per_device, sampler=EpochSampler(len(train_set), cfg.seed),
-                              drop_last=True, num_workers=cfg.workers)  # not persistent: set_epoch must reach workers
+    n_synthetic = round(per_device * cfg.synthetic_fraction)
+    if n_synthetic == per_device and cfg.synthetic_fraction < 1:
+        n_synthetic -= 1
+    synthetic = None
+    if n_synthetic:
+        from training.synthetic import SyntheticFaces
+
+        synthetic = SyntheticFaces(model, seed=cfg.seed)
+    # Workers are not persistent so that set_epoch reaches them.
+    train_loader = DataLoader(train_set, batch_size=max(1, per_device - n_synthetic),
+                              sampler=EpochSampler(len(train_set), cfg.seed), drop_last=True, num_workers=cfg.workers)
     val_loader = DataLoader(val_set, batch_size=per_device, shuffle=False, num_workers=cfg.workers)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -225,6 +234,13 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
         skip = 0
         for batch in loader:
             batches += 1
+            if synthetic is not None:
+                from training.synthetic import mix_batches
+
+                index = (epoch * 1_000_003 + batches) * accelerator.num_processes + accelerator.process_index
+                synth = synthetic.batch(n_synthetic, index=index)
+                batch = mix_batches({k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)}, synth)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 out = model(batch["image"], landmarks_only=not needs_mesh)
                 loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks)

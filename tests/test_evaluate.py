@@ -1,0 +1,62 @@
+"""training.evaluate on 8 AFLW2000-3D dev images (protocol pieces and the end-to-end command)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.evaluate import angle_error, load_aflw2000, main, nme_68, ssim_map
+
+DEV = Path(__file__).resolve().parents[1].parent / "shared" / "aflw2000-3d-dev"
+
+
+@pytest.fixture(scope="module")
+def items():
+    if not DEV.is_dir():
+        pytest.skip(f"{DEV} not found")
+    return load_aflw2000(DEV, limit=8)
+
+
+def test_loader_conventions(items):
+    assert len(items) == 8 and items[0].name == "image00002"
+    it = items[0]
+    assert it.landmarks.shape == (68, 2)
+    # 0-based pixel centres inside the 450 x 450 photo; the image-left eye corner is left of the right one.
+    assert (it.landmarks >= -1).all() and (it.landmarks < 450).all()
+    assert it.landmarks[36, 0] < it.landmarks[45, 0]
+    assert it.yaw == pytest.approx(1.0443, abs=1e-3) and it.yaw_bin == 0
+
+
+def test_metric_helpers():
+    gt = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 40.0], [0.0, 40.0]])
+    assert nme_68(gt + [3.0, 4.0], gt) == pytest.approx(5.0 / 20.0)
+    assert angle_error(179.0, -179.0) == pytest.approx(2.0)
+    x = torch.rand(1, 3, 32, 32)
+    assert float(ssim_map(x, x).mean()) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim_map(x, torch.rand(1, 3, 32, 32)).mean()) < 0.3
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    out = tmp_path / "eval.json"
+    res = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--json", str(out),
+                "--synthetic", "8", "--threads", "2"])
+    saved = json.loads(out.read_text())
+    assert saved["aflw2000"]["n_images"] == 8
+    bins = saved["aflw2000"]["nme_bins"]
+    assert sum(b["n"] for b in bins.values()) == 8
+    assert math.isfinite(saved["aflw2000"]["nme_balanced"]) and saved["aflw2000"]["nme_balanced"] > 0
+    pose = saved["aflw2000"]["pose_mae_deg"]
+    assert all(math.isfinite(pose[k]) for k in ("yaw", "pitch", "roll"))
+    assert 0.0 <= saved["detection"]["all"] <= 1.0
+    assert -1.0 <= saved["aflw2000"]["ssim"] <= 1.0
+    assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0
+    assert saved["timing"]["model_forward_ms"] > 0
+    assert res["aflw2000"]["nme_all"] == pytest.approx(saved["aflw2000"]["nme_all"])

@@ -1,0 +1,317 @@
+"""Evaluate a FaceRecon model on AFLW2000-3D-format data with the 3DDFA / 3DDFA_V2 / SynergyNet protocol.
+
+    python -m training.evaluate --model DIR_OR_REPO --data DIR [--json OUT] [--limit N]
+
+Protocol (as in 3DDFA, 3DDFA_V2 and SynergyNet):
+
+- 68-point 2D NME: mean point error divided by sqrt(w * h) of the ground-truth landmarks' bounding box; the face crop
+  comes from the ground-truth landmarks (facerecon's canonical crop: the square of side 1.6 x the larger side of
+  their bounding box, centred on it), no detector; ground truth is ``pt3d_68`` rows 0-1 (MATLAB 1-based, converted
+  to 0-based pixel centres).
+- Bins by |yaw| of ``Pose_Para`` in degrees ([0, 30], (30, 60], (60, 90], with > 90 counted in (60, 90], which gives
+  the published 1312 / 383 / 305 split on all 2000 images); the balanced NME is the mean of the three bins.
+- Head-pose MAE in degrees: yaw, pitch, roll in the AFLW2000-3D convention (R = Rx(pitch) Ry(yaw) Rz(roll) of
+  ``Code/RotationMatrix.m``: yaw > 0 faces image left, pitch > 0 looks up, roll > 0 is clockwise), against the
+  Euler angles recomputed from ``Pose_Para`` (``index.csv``), on images whose raw angles are all within +/-99 degrees
+  (the usual FSA-Net / HopeNet filter).
+- Detection rate of the face detector on the full photos (a detection counts when its box contains the centre of
+  the ground-truth landmarks).
+- SSIM between the re-rendered face and the photo inside the rendered face mask, in the model's input crop.
+- Vertex error (mm) on a fixed, seeded set of synthetic faces with exact 3D ground truth.
+- Median milliseconds per image for the model forward (batch 1) and for the whole pipeline (load, detect, crop,
+  regress, refine, reconstruct) on the full photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("facerecon.evaluate")
+
+YAW_BINS = ("[0, 30]", "(30, 60]", "(60, 90]")
+POSE_FILTER_DEG = 99.0
+
+
+@dataclass
+class Aflw2000Item:
+    """One AFLW2000-3D image: path, 68 ground-truth points (0-based pixel centres), pose in degrees."""
+
+    name: str
+    image_path: Path
+    landmarks: np.ndarray
+    yaw: float
+    pitch: float
+    roll: float
+    yaw_raw: float
+    raw_angles: tuple[float, float, float]
+
+    @property
+    def yaw_bin(self) -> int:
+        """Index into :data:`YAW_BINS` (> 90 degrees counts in the last bin)."""
+        a = abs(self.yaw_raw)
+        return 0 if a <= 30 else (1 if a <= 60 else 2)
+
+
+def load_aflw2000(folder: str | Path, limit: int | None = None) -> list[Aflw2000Item]:
+    """Read an AFLW2000-3D-format folder (``*.jpg`` + ``*.mat`` with ``pt3d_68`` and ``Pose_Para``).
+
+    Angles come from ``index.csv`` when present (recomputed Euler angles), else from ``Pose_Para``.
+    """
+    from scipy.io import loadmat
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"AFLW2000-3D folder '{folder}' not found")
+    index: dict[str, dict[str, str]] = {}
+    if (folder / "index.csv").is_file():
+        with open(folder / "index.csv") as f:
+            index = {row["name"]: row for row in csv.DictReader(f)}
+    items = []
+    for jpg in sorted(folder.glob("*.jpg")):
+        mat_path = jpg.with_suffix(".mat")
+        if not mat_path.is_file():
+            continue
+        mat = loadmat(str(mat_path))
+        pts = mat["pt3d_68"][:2].T.astype(np.float64) - 1.0
+        pitch_r, yaw_r, roll_r = np.degrees(mat["Pose_Para"][0, :3])
+        row = index.get(jpg.stem)
+        if row:
+            yaw, pitch, roll = float(row["yaw_deg"]), float(row["pitch_deg"]), float(row["roll_deg"])
+        else:
+            yaw, pitch, roll = float(yaw_r), float(pitch_r), float(roll_r)
+        items.append(Aflw2000Item(jpg.stem, jpg, pts, yaw, pitch, roll, float(yaw_r),
+                                  (float(yaw_r), float(pitch_r), float(roll_r))))
+        if limit and len(items) >= limit:
+            break
+    if not items:
+        raise FileNotFoundError(f"no AFLW2000-3D .jpg/.mat pairs in '{folder}'")
+    return items
+
+
+def nme_68(pred: np.ndarray, gt: np.ndarray) -> float:
+    """NME of (68, 2) points normalised by sqrt(w * h) of the ground truth's bounding box."""
+    w, h = gt.max(0) - gt.min(0)
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / math.sqrt(max(w * h, 1e-6)))
+
+
+def angle_error(a: float, b: float) -> float:
+    """Absolute difference of two angles in degrees, wrapped to [0, 180]."""
+    d = (float(a) - float(b) + 180.0) % 360.0 - 180.0
+    return abs(d)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM map of two (B, C, H, W) images in [0, 1] (Gaussian window, per channel), (B, 1, H, W)."""
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, kernel, padding=window // 2, groups=x.shape[1])
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(1, keepdim=True)
+
+
+def _crop_batch(items: list[Aflw2000Item], size: int, scale: float) -> tuple[torch.Tensor, np.ndarray]:
+    from facerecon.geometry import box_from_points
+    from facerecon.inference.crop import crop_face
+    from facerecon.inference.image_io import load_image
+
+    crops, boxes = [], []
+    for it in items:
+        img = load_image(it.image_path)
+        box = box_from_points(torch.from_numpy(it.landmarks)[None], scale)[0].numpy()
+        crops.append(crop_face(img, box, size))
+        boxes.append(box)
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    return x, np.stack(boxes)
+
+
+def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 32,
+                      with_ssim: bool = True) -> dict[str, Any]:
+    """Landmark NME per yaw bin, pose MAE and (optionally) masked SSIM of the re-rendered face."""
+    from facerecon.geometry import crop_to_image
+    from facerecon.render import render, to_screen
+
+    size, scale = model.config.input_size, model.config.crop_scale
+    per_image: list[dict[str, Any]] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        x, boxes = _crop_batch(chunk, size, scale)
+        with torch.inference_mode():
+            out = model(x)
+            lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
+            euler = np.degrees(out.euler.numpy())
+            ssim = [float("nan")] * len(chunk)
+            if with_ssim:
+                principal = torch.full((len(chunk), 2), (size - 1) / 2.0)
+                screen = to_screen(out.vertices, out.params.scale, principal)
+                r = render(screen, model.morphable.faces, out.colors.clamp(0, 1), size, size)
+                smap = ssim_map(r.image, x)
+                m = r.mask
+                ssim = ((smap * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)).tolist()
+        for k, it in enumerate(chunk):
+            yaw, pitch, roll = euler[k]
+            per_image.append({
+                "name": it.name, "bin": it.yaw_bin, "nme": nme_68(lmk[k], it.landmarks),
+                "yaw_err": angle_error(yaw, it.yaw), "pitch_err": angle_error(pitch, it.pitch),
+                "roll_err": angle_error(roll, it.roll),
+                "pose_valid": all(abs(a) <= POSE_FILTER_DEG for a in it.raw_angles), "ssim": ssim[k],
+            })
+    bins = {}
+    for b, label in enumerate(YAW_BINS):
+        vals = [p["nme"] for p in per_image if p["bin"] == b]
+        bins[label] = {"nme": float(np.mean(vals)) if vals else float("nan"), "n": len(vals)}
+    valid = [p for p in per_image if p["pose_valid"]]
+    pose = {k: float(np.mean([p[f"{k}_err"] for p in valid])) for k in ("yaw", "pitch", "roll")}
+    pose["mean"] = float(np.mean(list(pose.values())))
+    pose["n"] = len(valid)
+    finite_bins = [v["nme"] for v in bins.values() if v["n"]]
+    ssims = [p["ssim"] for p in per_image if math.isfinite(p["ssim"])]
+    return {
+        "nme_bins": bins,
+        "nme_balanced": float(np.mean(finite_bins)) if finite_bins else float("nan"),
+        "nme_all": float(np.mean([p["nme"] for p in per_image])),
+        "pose_mae_deg": pose,
+        "ssim": float(np.mean(ssims)) if ssims else float("nan"),
+        "n_images": len(per_image),
+        "per_image": per_image,
+    }
+
+
+def detection_rate(items: list[Aflw2000Item], detector: Any = None) -> dict[str, Any]:
+    """Share of images where a detected box contains the centre of the ground-truth landmarks, per yaw bin."""
+    from facerecon.inference.detect import FaceDetector
+    from facerecon.inference.image_io import load_image
+
+    detector = detector or FaceDetector()
+    hits = {b: [] for b in range(len(YAW_BINS))}
+    for it in items:
+        boxes = detector(load_image(it.image_path))
+        cx, cy = 0.5 * (it.landmarks.min(0) + it.landmarks.max(0))
+        hit = any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in boxes)
+        hits[it.yaw_bin].append(hit)
+    out = {YAW_BINS[b]: float(np.mean(v)) if v else float("nan") for b, v in hits.items()}
+    out["all"] = float(np.mean([h for v in hits.values() for h in v]))
+    return out
+
+
+def timing(model: Any, items: list[Aflw2000Item], repeats: int = 30) -> dict[str, float]:
+    """Median ms of the model forward (batch 1) and of the whole pipeline with detection."""
+    size = model.config.input_size
+    x = torch.rand(1, 3, size, size)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        t = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            t.append((time.perf_counter() - t0) * 1e3)
+    pipe = []
+    for it in items[: max(3, min(repeats, len(items)))]:
+        t0 = time.perf_counter()
+        try:
+            model.reconstruct(it.image_path, max_faces=1)
+        except Exception:  # no face: still a pipeline run
+            pass
+        pipe.append((time.perf_counter() - t0) * 1e3)
+    return {"model_forward_ms": statistics.median(t), "pipeline_ms": statistics.median(pipe[1:] or pipe)}
+
+
+def synthetic_vertex_error(model: Any, n: int = 64, seed: int = 1234) -> dict[str, float]:
+    """Mean per-vertex error (mm) of the predicted face shape on seeded synthetic faces (exact 3D ground truth).
+
+    The error is measured in the model frame (pose removed): the same identity and expression define both shapes.
+    """
+    from training.synthetic import SyntheticFaces
+
+    gen = SyntheticFaces(model, seed=seed)
+    errs = []
+    for start in range(0, n, 16):
+        batch = gen.batch(min(16, n - start), index=start)
+        with torch.inference_mode():
+            out = model(batch["image"])
+        errs.append((out.shape - batch["shape"]).norm(dim=-1).mean(-1))
+    e = torch.cat(errs)
+    return {"vertex_error_mm": float(e.mean()), "n": int(e.numel())}
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The summary as a markdown table."""
+    b = results["aflw2000"]["nme_bins"]
+    pose = results["aflw2000"]["pose_mae_deg"]
+    rows = [
+        ("NME [0, 30] (%)", f"{100 * b['[0, 30]']['nme']:.2f} (n={b['[0, 30]']['n']})"),
+        ("NME (30, 60] (%)", f"{100 * b['(30, 60]']['nme']:.2f} (n={b['(30, 60]']['n']})"),
+        ("NME (60, 90] (%)", f"{100 * b['(60, 90]']['nme']:.2f} (n={b['(60, 90]']['n']})"),
+        ("NME balanced (%)", f"{100 * results['aflw2000']['nme_balanced']:.2f}"),
+        ("Pose MAE yaw / pitch / roll (deg)", f"{pose['yaw']:.2f} / {pose['pitch']:.2f} / {pose['roll']:.2f}"),
+        ("Pose MAE mean (deg)", f"{pose['mean']:.2f} (n={pose['n']})"),
+        ("SSIM (face mask)", f"{results['aflw2000']['ssim']:.3f}"),
+    ]
+    if "detection" in results:
+        rows.append(("Detection rate", f"{100 * results['detection']['all']:.1f}%"))
+    if "synthetic" in results:
+        rows.append(("Vertex error, synthetic (mm)", f"{results['synthetic']['vertex_error_mm']:.2f}"))
+    if "timing" in results:
+        rows.append(("Model forward (ms, batch 1)", f"{results['timing']['model_forward_ms']:.1f}"))
+        rows.append(("Pipeline (ms per photo)", f"{results['timing']['pipeline_ms']:.1f}"))
+    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or Hub repo id (default: the bundled model)")
+    parser.add_argument("--data", required=True, help="AFLW2000-3D-format folder")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N images")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("detection", "ssim", "synthetic", "timing"),
+                        help="parts to skip")
+    parser.add_argument("--synthetic", type=int, default=64, help="number of synthetic faces")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    from facerecon.hub import load_model
+
+    model = load_model(args.model)
+    items = load_aflw2000(args.data, args.limit)
+    results: dict[str, Any] = {"model": str(args.model or "default"), "data": str(args.data)}
+    results["aflw2000"] = evaluate_aflw2000(model, items, with_ssim="ssim" not in args.skip)
+    if "detection" not in args.skip:
+        results["detection"] = detection_rate(items)
+    if "synthetic" not in args.skip:
+        results["synthetic"] = synthetic_vertex_error(model, n=args.synthetic)
+    if "timing" not in args.skip:
+        results["timing"] = timing(model, items)
+    table = markdown_table(results)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
