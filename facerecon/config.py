@@ -37,7 +37,8 @@ class FaceReconConfig:
         n_identity: identity coefficients (<= 100 ICT modes after re-orthonormalisation).
         n_expression: expression blendshapes (53 for ICT-FaceKit).
         n_albedo: albedo coefficients (must match the albedo model in use).
-        albedo_model: "uniform" (one skin colour + tint modes) or a path/name of a learned albedo model.
+        albedo_model: "default" (the bundled learned PCA albedo model), "uniform" (one skin colour + 3 tint modes,
+            the placeholder) or the path of an ``albedo_model.safetensors``.
         surface: morphable-model surface, "face" or "head".
         crop_scale: the face crop's side divided by the larger side of the 68 landmarks' bounding box.
         expression_bias: initial logit of the expression weights (sigmoid(-6) = 0.0025: neutral at step 0).
@@ -53,8 +54,8 @@ class FaceReconConfig:
     head_dropout: float = 0.0
     n_identity: int = 80
     n_expression: int = 53
-    n_albedo: int = 3
-    albedo_model: str = "uniform"
+    n_albedo: int = 60
+    albedo_model: str = "default"
     surface: str = "face"
     crop_scale: float = 1.6
     expression_bias: float = -6.0

@@ -41,7 +41,7 @@ def test_output_fields_and_shapes(tiny_model):
     n = tiny_model.morphable.n_vertices
     assert out.params.identity.shape == (2, 10)
     assert out.params.expression.shape == (2, 53)
-    assert out.params.albedo.shape == (2, 3)
+    assert out.params.albedo.shape == (2, 60)  # the bundled learned albedo model
     assert out.params.lighting.shape == (2, 9, 3)
     assert out.params.rotation.shape == (2, 3, 3)
     assert out.params.translation.shape == (2, 3) and out.params.scale.shape == (2,)

@@ -24,6 +24,7 @@ from facerecon.geometry import (
     weak_perspective_project,
 )
 from facerecon.models.head import Backbone, ComponentAttentionHead
+from facerecon.morphable.albedo import load_albedo_model
 from facerecon.morphable.ict import load_morphable_data
 from facerecon.morphable.model import AlbedoModel, MorphableModel
 
@@ -102,7 +103,7 @@ class FaceReconOutput:
         normals: (B, N, 3) unit vertex normals in the view frame (y up, z towards the camera).
         landmarks_3d: (B, 68, 3) posed landmarks (mm, camera frame).
         landmarks_2d: (B, 68, 2) landmarks in input-crop pixels.
-        albedo: (B, N, 3) per-vertex albedo, linear RGB in [0, 1].
+        albedo: (B, N, 3) per-vertex albedo, sRGB-encoded values in [0, 1].
         colors: (B, N, 3) shaded colours (albedo x SH irradiance).
         attention: (B, T, h, w) cross-attention maps of the head's tokens (None when decoded from parameters).
 
@@ -155,7 +156,7 @@ class FaceRecon(
         if config.n_expression != self.morphable.n_expression:
             raise ValueError(f"config.n_expression={config.n_expression} but the morphable model has "
                              f"{self.morphable.n_expression} blendshapes")
-        self.albedo_model = _make_albedo_model(config, self.morphable.n_vertices)
+        self.albedo_model = _make_albedo_model(config, self.morphable.n_vertices, self.morphable.faces)
 
         self.backbone = Backbone(config.backbone, config.feature_strides, config.head_dim, config.pretrained_backbone)
         self.head = ComponentAttentionHead(len(self.token_names), config.head_dim, config.head_heads,
@@ -331,11 +332,11 @@ class FaceRecon(
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
-def _make_albedo_model(config: FaceReconConfig, n_vertices: int) -> AlbedoModel:
+def _make_albedo_model(config: FaceReconConfig, n_vertices: int, faces: torch.Tensor) -> AlbedoModel:
+    """The placeholder ("uniform") or the learned albedo model (bundled "default" or a path)."""
     if config.albedo_model == "uniform":
         return AlbedoModel.uniform(n_vertices, config.n_albedo)
-    path = Path(config.albedo_model)
-    raise FileNotFoundError(f"albedo model '{path}' not found; use albedo_model='uniform'")
+    return load_albedo_model(config.albedo_model, n_components=config.n_albedo, n_vertices=n_vertices, faces=faces)
 
 
 def _expression_groups(names: tuple[str, ...]) -> dict[str, list[int]]:

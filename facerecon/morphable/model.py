@@ -7,7 +7,7 @@ from torch import nn
 
 from facerecon.morphable.ict import MorphableModelData
 
-#: Mean skin albedo (linear RGB in [0, 1]) of the placeholder albedo model.
+#: Mean skin albedo (sRGB-encoded values in [0, 1]) of the placeholder albedo model.
 DEFAULT_SKIN_ALBEDO = (0.62, 0.46, 0.38)
 #: Std of the placeholder model's per-channel tint modes.
 DEFAULT_TINT_STD = 0.12
@@ -95,7 +95,7 @@ class AlbedoModel(nn.Module):
     learned PCA model replaces it without changing this interface.
 
     Args:
-        mean: (N, 3) mean albedo, linear RGB in [0, 1].
+        mean: (N, 3) mean albedo, sRGB-encoded values in [0, 1].
         basis: (K, N, 3) modes.
         std: (K,) standard deviation of each mode (coefficients are ~N(0, 1)).
     """
@@ -131,7 +131,7 @@ class AlbedoModel(nn.Module):
         return self.basis.shape[0]
 
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """(B, K) coefficients -> (B, N, 3) albedo in [0, 1] (linear RGB)."""
+        """(B, K) coefficients -> (B, N, 3) albedo in [0, 1] (sRGB-encoded values, like the photo)."""
         if coeffs.shape[-1] != self.n_components:
             raise ValueError(f"expected albedo coefficients (B, {self.n_components}), got {tuple(coeffs.shape)}")
         albedo = self.mean + torch.einsum("bk,knc->bnc", coeffs * self.std, self.basis)
