@@ -1,0 +1,243 @@
+"""Inference pipeline: load -> detect -> crop -> regress -> refine crop -> reconstruct (-> export).
+
+Each stage is a small callable; :class:`Reconstructor` wires them together and ``app.py`` and the CLI only call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from facerecon.errors import NoFaceError
+from facerecon.geometry import box_from_points, crop_to_image
+from facerecon.inference.crop import crop_face, square_box
+from facerecon.inference.export import MeshExport
+from facerecon.inference.image_io import load_image
+
+if TYPE_CHECKING:
+    from facerecon.inference.detect import FaceBox, FaceDetector
+    from facerecon.models.facerecon import FaceRecon, FaceReconOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Reconstruction(MeshExport):
+    """One reconstructed face, as numpy arrays (float32 unless stated).
+
+    Convention: image pixels are 0-based pixel centres of the input photo (after EXIF orientation); 3D positions
+    are mm; ``vertices`` are in the camera frame (x right, y down, z away; weak perspective); angles are degrees
+    (yaw > 0 turned to image left, pitch > 0 looking up, roll > 0 clockwise, AFLW2000-3D convention).
+
+    Attributes:
+        vertices: (N, 3) posed mesh in the camera frame (mm).
+        vertices_view: (N, 3) posed mesh in the view frame (mm, +y up, +z towards the camera, head origin at 0):
+            what the exports contain.
+        vertices_neutral: (N, 3) the same face with a neutral expression (view frame).
+        vertices_image: (N, 3) vertices in image pixels (x, y) with depth in pixels (z, larger = farther).
+        faces: (F, 3) int64 triangles.
+        landmarks: (68, 2) 2D landmarks in image pixels (iBUG order).
+        landmarks_3d: (68, 3) 3D landmarks in the camera frame (mm).
+        yaw, pitch, roll: head pose in degrees.
+        box: (4,) the refined square crop box [x0, y0, x1, y1] the model saw, in image pixels.
+        detection: the detector's box (or the box passed in), or None.
+        identity, expression, albedo_coeffs: coefficients; lighting (9, 3) SH coefficients.
+        expression_names: names of the 53 blendshapes.
+        albedo: (N, 3) per-vertex albedo in [0, 1]; colors: (N, 3) shaded colours in [0, 1].
+        scale: crop pixels per mm; image_scale: image pixels per mm.
+        uvs: (T, 2) and face_uvs (F, 3): texture coordinates of the mesh.
+        image_size: (width, height) of the photo.
+        rotation: (3, 3) head rotation (model frame -> view frame).
+        crop: (S, S, 3) uint8 RGB crop the model saw (the refined box).
+        attention: (T, h, w) attention maps of the head's tokens over the crop; token_names their names.
+    """
+
+    vertices: np.ndarray
+    vertices_view: np.ndarray
+    vertices_neutral: np.ndarray
+    vertices_image: np.ndarray
+    faces: np.ndarray
+    landmarks: np.ndarray
+    landmarks_3d: np.ndarray
+    yaw: float
+    pitch: float
+    roll: float
+    box: np.ndarray
+    detection: np.ndarray | None
+    identity: np.ndarray
+    expression: np.ndarray
+    expression_names: tuple[str, ...]
+    albedo_coeffs: np.ndarray
+    lighting: np.ndarray
+    albedo: np.ndarray
+    colors: np.ndarray
+    scale: float
+    image_scale: float
+    uvs: np.ndarray
+    face_uvs: np.ndarray
+    image_size: tuple[int, int]
+    rotation: np.ndarray
+    crop: np.ndarray
+    attention: np.ndarray | None
+    token_names: tuple[str, ...]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pose(self) -> dict[str, float]:
+        """Head pose in degrees: {"yaw", "pitch", "roll"}."""
+        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable parameters (no mesh arrays)."""
+        return {
+            "image_size": list(self.image_size),
+            "box": self.box.round(3).tolist(),
+            "detection": None if self.detection is None else self.detection.round(3).tolist(),
+            "pose_degrees": {k: round(v, 4) for k, v in self.pose.items()},
+            "landmarks_2d": self.landmarks.round(3).tolist(),
+            "landmarks_3d_mm": self.landmarks_3d.round(3).tolist(),
+            "identity": self.identity.round(5).tolist(),
+            "expression": {n: round(float(v), 5) for n, v in zip(self.expression_names, self.expression, strict=True)},
+            "albedo": self.albedo_coeffs.round(5).tolist(),
+            "lighting_sh": self.lighting.round(5).tolist(),
+            "scale_px_per_mm": round(self.scale, 6),
+            "image_scale_px_per_mm": round(self.image_scale, 6),
+            "n_vertices": int(self.vertices.shape[0]),
+            "n_faces": int(self.faces.shape[0]),
+            "conventions": {
+                "pixels": "0-based pixel centres of the (EXIF-oriented) input image",
+                "pose": "degrees, AFLW2000-3D convention: yaw>0 faces image left, pitch>0 looks up, roll>0 clockwise",
+                "mesh": "mm; exports use the view frame (+x image right, +y up, +z towards the camera)",
+            },
+        }
+
+
+class Reconstructor:
+    """Callable pipeline around a :class:`FaceRecon` model.
+
+    Args:
+        model: the model (put in eval mode here).
+        detector: face detector; a :class:`FaceDetector` is created on first use when None.
+        refine_steps: how many times to re-crop from the predicted landmarks (0 = use the detection crop).
+        detection_scale: crop side relative to the detector box side (Haar boxes are tight on the inner face).
+        detection_shift: downward shift of the crop centre in units of the detector box height.
+    """
+
+    def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
+                 detection_scale: float = 1.9, detection_shift: float = 0.12) -> None:
+        self.model = model.eval()
+        self._detector = detector
+        self._lock = threading.Lock()
+        self.refine_steps = refine_steps
+        self.detection_scale = detection_scale
+        self.detection_shift = detection_shift
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector (created lazily)."""
+        with self._lock:
+            if self._detector is None:
+                from facerecon.inference.detect import FaceDetector
+
+                self._detector = FaceDetector()
+            return self._detector
+
+    def crop_from_detection(self, box: FaceBox | np.ndarray | list[float]) -> np.ndarray:
+        """Initial square crop box from a detector box."""
+        b = np.asarray(box.as_array() if hasattr(box, "as_array") else box, dtype=np.float64)
+        if b.shape != (4,) or not np.isfinite(b).all() or b[2] <= b[0] or b[3] <= b[1]:
+            raise ValueError(f"a face box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {b.tolist()}")
+        w, h = b[2] - b[0], b[3] - b[1]
+        center = (0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]) + self.detection_shift * h)
+        return square_box(center, self.detection_scale * max(w, h))
+
+    def regress(self, image: np.ndarray, boxes: np.ndarray) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
+        """Run the model on the crops of ``boxes`` (K, 4).
+
+        Returns:
+            The model output, (K, 68, 2) landmarks in image pixels and the (K, S, S, 3) uint8 crops.
+        """
+        size = self.model.config.input_size
+        crops = np.stack([crop_face(image, b, size) for b in boxes])
+        device = next(self.model.parameters()).device
+        x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        with torch.inference_mode():
+            out = self.model(x)
+        box_t = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+        return out, crop_to_image(out.landmarks_2d.float(), box_t, size), crops
+
+    def __call__(self, image: Any, box: Any = None, max_faces: int | None = None) -> list[Reconstruction]:
+        """Reconstruct the faces of a photo.
+
+        Args:
+            image: path, bytes, PIL image or RGB numpy array (see :func:`facerecon.inference.image_io.load_image`).
+            box: optional face box [x0, y0, x1, y1] in image pixels (skips detection).
+            max_faces: keep at most this many faces (largest first).
+
+        Returns:
+            One :class:`Reconstruction` per face, largest first.
+
+        Raises:
+            NoFaceError: no face was detected.
+            ImageReadError: the input is not a readable image.
+        """
+        img = load_image(image)
+        h, w = img.shape[:2]
+        if box is not None:
+            detections = [np.asarray(box, dtype=np.float64)]
+        else:
+            found = self.detector(img)
+            if not found:
+                raise NoFaceError(f"no face found in the {w}x{h} image; try a larger, frontal, well-lit face or "
+                                  "pass a face box")
+            detections = [f.as_array() for f in found]
+        if max_faces is not None:
+            detections = detections[:max_faces]
+        boxes = np.stack([self.crop_from_detection(b) for b in detections])
+        out, lmk, crops = self.regress(img, boxes)
+        for _ in range(self.refine_steps):
+            boxes = box_from_points(lmk, scale=self.model.config.crop_scale).double().cpu().numpy()
+            out, lmk, crops = self.regress(img, boxes)
+        return [self._result(out, k, lmk[k], boxes[k], detections[k], (w, h), crops[k]) for k in range(len(boxes))]
+
+    def _result(self, out: FaceReconOutput, k: int, landmarks: torch.Tensor, box: np.ndarray,
+                detection: np.ndarray | None, image_size: tuple[int, int], crop: np.ndarray) -> Reconstruction:
+        model = self.model
+        size = model.config.input_size
+        p = out.params
+        crop_px_per_img_px = size / (box[2] - box[0])
+        image_scale = float(p.scale[k]) / crop_px_per_img_px
+        with torch.inference_mode():
+            neutral = model.morphable.shape(p.identity[k:k + 1], torch.zeros_like(p.expression[k:k + 1]))
+            rot = p.rotation[k]
+            view = out.shape[k] @ rot.T
+            neutral_view = neutral[0] @ rot.T
+            cam = out.vertices[k]
+            uv = model.project(cam[None], p.scale[k:k + 1])
+            box_t = torch.as_tensor(box, dtype=uv.dtype, device=uv.device)[None]
+            xy = crop_to_image(uv, box_t, size)[0]
+            z = cam[:, 2:] * image_scale
+            vertices_image = torch.cat([xy, z], dim=1)
+        yaw, pitch, roll = np.degrees(out.euler[k].double().cpu().numpy()).tolist()
+
+        def np32(t: torch.Tensor) -> np.ndarray:
+            return t.detach().float().cpu().numpy()
+
+        return Reconstruction(
+            vertices=np32(cam), vertices_view=np32(view), vertices_neutral=np32(neutral_view),
+            vertices_image=np32(vertices_image), faces=model.morphable.faces.cpu().numpy(),
+            landmarks=np32(landmarks), landmarks_3d=np32(out.landmarks_3d[k]), yaw=yaw, pitch=pitch, roll=roll,
+            box=np.asarray(box, dtype=np.float64), detection=None if detection is None else np.asarray(detection),
+            identity=np32(p.identity[k]), expression=np32(p.expression[k]),
+            expression_names=tuple(model.morphable.expression_names), albedo_coeffs=np32(p.albedo[k]),
+            lighting=np32(p.lighting[k]), albedo=np32(out.albedo[k]), colors=np32(out.colors[k]),
+            scale=float(p.scale[k]), image_scale=image_scale, uvs=model.morphable.uvs.cpu().numpy(),
+            face_uvs=model.morphable.face_uvs.cpu().numpy(), image_size=image_size, rotation=np32(rot),
+            crop=crop, attention=None if out.attention is None else np32(out.attention[k]),
+            token_names=tuple(model.token_names),
+        )

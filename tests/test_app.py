@@ -1,0 +1,65 @@
+"""The Gradio app: launched on a free local port and driven with gradio_client."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model, tmp_path_factory):
+    import app as app_module
+    from facerecon.demo import DemoRunner
+
+    model_dir = tmp_path_factory.mktemp("model")
+    tiny_model.save_pretrained(model_dir)
+    runner = DemoRunner(str(model_dir), workdir=tmp_path_factory.mktemp("work"))
+    demo = app_module.build_demo(runner)
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        show_error=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.mark.timeout(300)
+def test_app_face_photo_gives_every_output(app_url, astronaut, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).save(photo)
+    client = Client(app_url, verbose=False)
+    annotated, mask, overlay, attention, glb, files, params, message = client.predict(
+        handle_file(str(photo)), "albedo", False, False, api_name="/reconstruct")
+    for img in (annotated, mask, overlay):
+        assert Path(img).is_file()
+    assert np.asarray(Image.open(annotated)).shape[:2] == (512, 512)
+    assert len(attention) == 9  # one map per query token
+    mesh = trimesh.load(glb, force="mesh", process=False)
+    assert mesh.vertices.shape == (9409, 3) and mesh.faces.shape == (18460, 3)
+    names = sorted(Path(f).name for f in files)
+    assert names == ["face.glb", "face.json", "face.ply", "face_obj.zip"]
+    assert len(params["faces"]) >= 1 and len(params["faces"][0]["landmarks_2d"]) == 68
+    assert "Found" in message and "yaw" in message
+
+
+@pytest.mark.timeout(120)
+def test_app_non_image_gives_clear_error(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match="(?i)could not|decode|image"):
+        client.predict(handle_file(str(bad)), "albedo", False, False, api_name="/reconstruct")
