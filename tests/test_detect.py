@@ -88,6 +88,10 @@ def test_no_face(detector, image):
     assert detector(image) == []
 
 
+def test_photo_without_face(detector):
+    assert detector(np.ascontiguousarray(skdata.coffee())) == []
+
+
 def test_tiny_image_gives_no_faces(detector):
     assert detector(np.zeros((20, 200, 3), np.uint8)) == []
 
@@ -154,7 +158,8 @@ def test_results_sorted_by_area_and_exhaustive_mode(astronaut):
 def test_constructor_is_lazy_and_validates():
     det = FaceDetector()
     assert getattr(det._local, "cascades", None) is None  # nothing loaded yet
-    for kwargs in ({"max_side": 8}, {"min_face_frac": 0.0}, {"scale_factor": 1.0}, {"merge_iou": 1.5}):
+    bad = ({"max_side": 8}, {"min_face_frac": 0.0}, {"scale_factor": 1.0}, {"merge_iou": 1.5}, {"min_support": 0})
+    for kwargs in bad:
         with pytest.raises(ValueError):
             FaceDetector(**kwargs)
 

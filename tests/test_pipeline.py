@@ -42,7 +42,7 @@ def test_reconstruct_astronaut_and_exports(model, astronaut, tmp_path):
     assert len(faces) >= 1
     face = faces[0]
     _check_result(face, 512, 512)
-    # The largest detection is the astronaut's face (around x 150-240, y 40-160).
+    # The largest detection is the astronaut's face (around x 175-275, y 60-170).
     cx, cy = face.landmarks.mean(0)
     assert 120 < cx < 280 and 20 < cy < 200
     for fmt in ("glb", "obj", "ply"):

@@ -124,12 +124,14 @@ class Reconstructor:
         model: the model (put in eval mode here).
         detector: face detector; a :class:`FaceDetector` is created on first use when None.
         refine_steps: how many times to re-crop from the predicted landmarks (0 = use the detection crop).
-        detection_scale: crop side relative to the detector box side (Haar boxes are tight on the inner face).
+        detection_scale: crop side relative to the detector box side. Haar boxes run from forehead to chin: the
+            68 landmarks span about 0.83 of the box side, centred about 0.13 of it below the box centre (measured on
+            AFLW2000-3D dev), so 1.45 gives about 1.75x the landmark extent, inside the model's training range.
         detection_shift: downward shift of the crop centre in units of the detector box height.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
-                 detection_scale: float = 1.9, detection_shift: float = 0.12) -> None:
+                 detection_scale: float = 1.45, detection_shift: float = 0.13) -> None:
         self.model = model.eval()
         self._detector = detector
         self._lock = threading.Lock()
