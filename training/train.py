@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,8 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     accelerator.init_trackers("facerecon", config=_flat_hparams(cfg))
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train",
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     t0, seen = time.time(), 0
     history: list[dict[str, float]] = []
     train_losses: dict[int, float] = {}
