@@ -51,6 +51,17 @@ def _window(face: Reconstruction, width: int, height: int, margin: float = 0.1) 
     return x0, y0, x1, y1
 
 
+def _window_screen(face: Reconstruction, width: int, height: int,
+                   max_side: int) -> tuple[tuple[int, int, int, int], float, int, int, torch.Tensor]:
+    """Render window of a face: (window, scale, window width, window height, (1, N, 3) screen vertices)."""
+    x0, y0, x1, y1 = _window(face, width, height)
+    scale = min(1.0, max_side / max(x1 - x0, y1 - y0))
+    ww, wh = max(2, round((x1 - x0) * scale)), max(2, round((y1 - y0) * scale))
+    xy = (face.vertices_image[:, :2] - [x0, y0] + 0.5) * scale - 0.5
+    screen = torch.from_numpy(np.concatenate([xy, face.vertices_image[:, 2:] * scale], 1)).float()[None]
+    return (x0, y0, x1, y1), scale, ww, wh, screen
+
+
 def render_face(image: np.ndarray, face: Reconstruction, colors: np.ndarray | None = None,
                 max_side: int = 512) -> FaceRender:
     """Render a reconstructed face over its window of the photo, with its skin mask.
@@ -66,23 +77,14 @@ def render_face(image: np.ndarray, face: Reconstruction, colors: np.ndarray | No
 
     Convention: 0-based pixel centres; the window's pixel (u, v) is photo pixel ((u + 0.5) / scale - 0.5 + x0, ...).
     """
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = _window(face, w, h)
-    scale = min(1.0, max_side / max(x1 - x0, y1 - y0))
-    ww, wh = max(2, round((x1 - x0) * scale)), max(2, round((y1 - y0) * scale))
+    (x0, y0, x1, y1), scale, ww, wh, screen_t = _window_screen(face, image.shape[1], image.shape[0], max_side)
     region = image[y0:y1, x0:x1]
     photo = cv2.resize(region, (ww, wh), interpolation=cv2.INTER_AREA) if scale < 1 else region
     photo_t = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)[None].float() / 255.0
-
-    def to_window(xy: np.ndarray) -> np.ndarray:
-        return (xy - [x0, y0] + 0.5) * scale - 0.5
-
-    screen = np.concatenate([to_window(face.vertices_image[:, :2]), face.vertices_image[:, 2:] * scale], 1)
-    screen_t = torch.from_numpy(screen).float()[None]
     cols = torch.from_numpy(np.asarray(face.colors if colors is None else colors, dtype=np.float32))[None]
     faces = torch.from_numpy(face.faces)
     out = render(screen_t, faces, cols.clamp(0, 1), wh, ww)
-    lmk = torch.from_numpy(to_window(face.landmarks)).float()[None]
+    lmk = torch.from_numpy((face.landmarks - [x0, y0] + 0.5) * scale - 0.5).float()[None]
     skin = skin_mask(photo_t, out.mask, lmk)
     return FaceRender(window=(x0, y0, x1, y1), scale=scale, image=out.image[0].permute(1, 2, 0).numpy(),
                       mask=out.mask[0, 0].numpy(), skin=skin[0, 0].numpy(), photo=photo_t[0].permute(1, 2, 0).numpy())
@@ -114,12 +116,7 @@ def photo_colors(image: np.ndarray, face: Reconstruction, max_side: int = 512) -
     Returns:
         (N, 3) colours in [0, 1] (hidden vertices get the fitted albedo x shading) and (N,) bool visibility.
     """
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = _window(face, w, h)
-    scale = min(1.0, max_side / max(x1 - x0, y1 - y0))
-    ww, wh = max(2, round((x1 - x0) * scale)), max(2, round((y1 - y0) * scale))
-    xy = (face.vertices_image[:, :2] - [x0, y0] + 0.5) * scale - 0.5
-    screen = torch.from_numpy(np.concatenate([xy, face.vertices_image[:, 2:] * scale], 1)).float()[None]
+    _, _, ww, wh, screen = _window_screen(face, image.shape[1], image.shape[0], max_side)
     faces = torch.from_numpy(face.faces)
     frags = rasterize(screen, faces, wh, ww)
     normals = vertex_normals(torch.from_numpy(face.vertices_view)[None], faces)
