@@ -21,6 +21,19 @@ def tiny_config(**overrides) -> FaceReconConfig:
     return FaceReconConfig(**kw)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline_hub():
+    """Tests never use the network: Hugging Face Hub calls fail fast instead of retrying."""
+
+    import huggingface_hub.constants as hc
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setattr(hc, "HF_HUB_OFFLINE", True)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def make_config():
     """The :func:`tiny_config` factory."""

@@ -31,11 +31,16 @@ def fixed_batch(ict_dir):
     return torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
 
 
-def _loss_terms(model, batch, target_vertices):
+def _loss_terms(model, batch, target_vertices, perceptual):
+    from training.losses import photometric_loss, render_prediction
+
     out = model(batch["image"])
     w = LossWeights()
     pred71 = extend_landmarks(out.landmarks_2d)
+    rendered = render_prediction(out, model.morphable.faces, 64)
     return {
+        "photometric": photometric_loss(rendered.image, batch["image"], rendered.mask),
+        "perceptual": perceptual(rendered.image, batch["image"], rendered.mask),
         "landmark": landmark_loss(pred71, batch["landmarks"], batch["weights"], 64,
                                   point_weights(71, w.eye_weight, w.mouth_weight)),
         "reg": regularization_loss(out, w),
@@ -43,7 +48,31 @@ def _loss_terms(model, batch, target_vertices):
     }
 
 
-def test_one_step_lowers_each_loss(fixed_batch, make_config):
+@pytest.fixture(scope="module")
+def perceptual_net():
+    from training.perceptual import PerceptualLoss
+
+    return PerceptualLoss("timm/resnet18", input_size=64)  # offline in tests: the logged random-weight fallback
+
+
+def test_perceptual_fallback_is_logged_and_strict_mode_raises(perceptual_net, caplog):
+    from training.perceptual import PerceptualLoss
+
+    assert perceptual_net.pretrained is False  # offline here
+    with caplog.at_level("WARNING", logger="training.perceptual"):
+        PerceptualLoss("timm/resnet18", input_size=64)
+    assert "RANDOMLY INITIALISED" in caplog.text and "resnet18" in caplog.text
+    with pytest.raises(RuntimeError, match="pretrained weights"):
+        PerceptualLoss("timm/resnet18", require_pretrained=True)
+    with pytest.raises(ValueError, match="timm/NAME"):
+        PerceptualLoss("resnet18")
+    x = torch.rand(2, 3, 64, 64)
+    assert perceptual_net(x, x).item() == pytest.approx(0.0, abs=1e-5)
+    assert perceptual_net(x, x.flip(-1)).item() > 0.01
+    assert not any(p.requires_grad for p in perceptual_net.parameters())
+
+
+def test_one_step_lowers_each_loss(fixed_batch, make_config, perceptual_net):
     from facerecon.models.facerecon import FaceRecon
 
     torch.manual_seed(0)
@@ -53,14 +82,14 @@ def test_one_step_lowers_each_loss(fixed_batch, make_config):
         base.albedo_head.bias.fill_(0.5)
         base.lighting_head.bias.fill_(0.1)
         target = base(fixed_batch["image"]).vertices + 1.0  # a fixed 3D target, 1 mm off along every axis
-    for name in ("landmark", "reg", "recon"):
+    for name in ("landmark", "reg", "recon", "photometric", "perceptual"):
         model = copy.deepcopy(base)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        before = _loss_terms(model, fixed_batch, target)[name]
+        before = _loss_terms(model, fixed_batch, target, perceptual_net)[name]
         before.backward()
         opt.step()
         with torch.no_grad():  # train mode both times: BatchNorm uses the same batch statistics
-            after = _loss_terms(model, fixed_batch, target)[name]
+            after = _loss_terms(model, fixed_batch, target, perceptual_net)[name]
         assert after < before, f"{name}: {before.item():.6g} -> {after.item():.6g}"
 
 

@@ -25,6 +25,7 @@ class LossWeights:
     expression_prior: float = 1e-3
     albedo_prior: float = 1e-3
     lighting_prior: float = 1e-3
+    perceptual_network: str = "timm/resnet18"
     eye_weight: float = 2.0
     mouth_weight: float = 1.5
 

@@ -6,6 +6,8 @@ weights of :class:`training.config.LossWeights` and returns the named parts for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from facerecon.models.facerecon import FaceReconOutput
@@ -62,6 +64,31 @@ def vertex_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     return (dist * m).sum() / m.sum().clamp_min(1.0)
 
 
+def photometric_loss(rendered: torch.Tensor, photo: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Skin-masked photometric loss: weighted mean Euclidean RGB distance between render and photo.
+
+    Args:
+        rendered: (B, 3, H, W) re-rendered faces in [0, 1].
+        photo: (B, 3, H, W) photos in [0, 1].
+        weight: (B, 1, H, W) per-pixel weight (face mask x skin probability).
+
+    Returns:
+        Scalar loss (RGB distance in [0, sqrt(3)]).
+    """
+    dist = torch.sqrt(((rendered - photo) ** 2).sum(1, keepdim=True) + 1e-8)
+    return (dist * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def render_prediction(out: FaceReconOutput, faces: torch.Tensor, size: int):
+    """Render the predicted faces (shaded colours) into their (size x size) input crops."""
+    from facerecon.render import render, to_screen
+
+    principal = torch.full((out.vertices.shape[0], 2), (size - 1) / 2.0, device=out.vertices.device,
+                           dtype=out.vertices.dtype)
+    screen = to_screen(out.vertices, out.params.scale, principal)
+    return render(screen, faces, out.colors.clamp(0, 1), size, size)
+
+
 def regularization_loss(out: FaceReconOutput, weights: LossWeights) -> torch.Tensor:
     """L_reg: Gaussian priors on identity and albedo, sparsity on expressions, lighting near ambient."""
     p = out.params
@@ -76,16 +103,19 @@ def regularization_loss(out: FaceReconOutput, weights: LossWeights) -> torch.Ten
 
 
 def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: LossWeights, crop_size: int,
-               extend: callable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               extend: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor | None = None,
+               perceptual: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Combine the loss terms available for this batch.
 
     Args:
-        out: model output.
-        batch: ``landmarks`` (B, 71, 2), ``weights`` (B, 71), optionally ``vertices`` (B, N, 3) and
-            ``has_vertices`` (B,) for samples with 3D ground truth.
+        out: model output (with the dense mesh when a photometric, perceptual or vertex term is on).
+        batch: ``image`` (B, 3, S, S), ``landmarks`` (B, 71, 2), ``weights`` (B, 71), optionally ``vertices``
+            (B, N, 3) and ``has_vertices`` (B,) for samples with 3D ground truth.
         weights: loss weights.
         crop_size: input crop side.
         extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
+        faces: (F, 3) mesh triangles, needed by the photometric and perceptual terms.
+        perceptual: a :class:`training.perceptual.PerceptualLoss` (needed when ``weights.perceptual > 0``).
 
     Returns:
         The total loss and a dict of the named (detached) parts.
@@ -97,8 +127,25 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
     parts["landmark"] = landmark_loss(pred71, batch["landmarks"], batch["weights"], crop_size, importance)
     parts["reg"] = regularization_loss(out, weights)
     total = weights.landmark * parts["landmark"] + weights.regularization * parts["reg"]
-    if "vertices" in batch and weights.recon > 0:
+    if "vertices" in batch and weights.recon > 0 and out.vertices is not None:
         parts["recon"] = vertex_loss(out.vertices, batch["vertices"], batch.get("has_vertices"))
         total = total + weights.recon * parts["recon"]
+    if weights.photometric > 0 or weights.perceptual > 0:
+        if faces is None or out.vertices is None:
+            raise ValueError("photometric / perceptual terms need the dense mesh and the mesh faces")
+        from facerecon.skin import skin_mask
+
+        rendered = render_prediction(out, faces, crop_size)
+        photo = batch["image"]
+        with torch.no_grad():
+            skin = skin_mask(photo, rendered.mask, out.landmarks_2d.detach())
+        if weights.photometric > 0:
+            parts["photometric"] = photometric_loss(rendered.image, photo, rendered.mask * skin)
+            total = total + weights.photometric * parts["photometric"]
+        if weights.perceptual > 0:
+            if perceptual is None:
+                raise ValueError("weights.perceptual > 0 needs a perceptual loss module")
+            parts["perceptual"] = perceptual(rendered.image, photo, rendered.mask)
+            total = total + weights.perceptual * parts["perceptual"]
     parts["total"] = total
     return total, {k: v.detach() for k, v in parts.items()}

@@ -205,6 +205,12 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
 
+    mesh_faces = accelerator.unwrap_model(model).morphable.faces
+    perceptual = None
+    if cfg.loss.perceptual > 0:
+        from training.perceptual import PerceptualLoss
+
+        perceptual = PerceptualLoss(cfg.loss.perceptual_network).to(accelerator.device)
     ckpt_dir = out_dir / "checkpoints"
     state_file = out_dir / "train_state.json"
     step, best, bad_evals, epoch, skip = 0, float("inf"), 0, 0, 0
@@ -245,7 +251,8 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 out = model(batch["image"], landmarks_only=not needs_mesh)
-                loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks)
+                loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks,
+                                         faces=mesh_faces, perceptual=perceptual)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
