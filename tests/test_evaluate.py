@@ -60,3 +60,22 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0
     assert saved["timing"]["model_forward_ms"] > 0
     assert res["aflw2000"]["nme_all"] == pytest.approx(saved["aflw2000"]["nme_all"])
+
+
+def test_model_card_from_results(tmp_path):
+    import yaml
+
+    from training.model_card import render_card
+
+    ev = {"aflw2000": {"nme_bins": {"[0, 30]": {"nme": 0.03, "n": 3}, "(30, 60]": {"nme": 0.04, "n": 2},
+                                    "(60, 90]": {"nme": 0.05, "n": 1}},
+                       "nme_balanced": 0.04, "pose_mae_deg": {"yaw": 1.0, "pitch": 2.0, "roll": 3.0, "mean": 2.0,
+                                                              "n": 6}, "ssim": 0.5},
+          "synthetic": {"vertex_error_mm": 2.5, "n": 8}}
+    card = render_card(ev, {"step": 10, "val": {"nme": 0.05}, "config": {"model": {"backbone": "x"}}}, "cmd")
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["pipeline_tag"] == "image-to-3d" and header["license"] == "apache-2.0"
+    values = {m["name"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
+    assert values["NME balanced (%), 68 points, AFLW2000-3D dev"] == 4.0
+    assert "research and non-commercial use only" in card and "MIT" in card
+    assert "| **NME balanced (%)** | **4.00** |" in card
