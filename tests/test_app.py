@@ -21,9 +21,14 @@ def app_url(tiny_model, tmp_path_factory):
     import app as app_module
     from facerecon.demo import DemoRunner
 
-    model_dir = tmp_path_factory.mktemp("model")
-    tiny_model.save_pretrained(model_dir)
-    runner = DemoRunner(str(model_dir), workdir=tmp_path_factory.mktemp("work"))
+    import os
+
+    if os.environ.get("FACERECON_APP_TEST_MODEL") == "default":  # regenerate docs with the bundled model
+        model_source = None
+    else:
+        model_source = str(tmp_path_factory.mktemp("model"))
+        tiny_model.save_pretrained(model_source)
+    runner = DemoRunner(model_source, workdir=tmp_path_factory.mktemp("work"))
     demo = app_module.build_demo(runner)
     port = _free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -75,7 +80,8 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 def test_browser_upload_renders_3d_viewer(app_url, astronaut, tmp_path):
     """Headless Chromium uploads a photo, waits for the 3D viewer to draw, and saves a screenshot.
 
-    Set FACERECON_SCREENSHOT=docs/app_screenshot.png to (re)write the committed screenshot.
+    To (re)write the committed screenshot with the bundled model:
+    ``FACERECON_APP_TEST_MODEL=default FACERECON_SCREENSHOT=docs/app_screenshot.png pytest tests/test_app.py -k browser``
     """
     import os
     import shutil
