@@ -18,10 +18,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tiny_model, tmp_path_factory):
+    import os
+
     import app as app_module
     from facerecon.demo import DemoRunner
-
-    import os
 
     if os.environ.get("FACERECON_APP_TEST_MODEL") == "default":  # regenerate docs with the bundled model
         model_source = None
@@ -80,8 +80,9 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 def test_browser_upload_renders_3d_viewer(app_url, astronaut, tmp_path):
     """Headless Chromium uploads a photo, waits for the 3D viewer to draw, and saves a screenshot.
 
-    To (re)write the committed screenshot with the bundled model:
-    ``FACERECON_APP_TEST_MODEL=default FACERECON_SCREENSHOT=docs/app_screenshot.png pytest tests/test_app.py -k browser``
+    To (re)write the committed screenshot with the bundled model, run with
+    ``FACERECON_APP_TEST_MODEL=default FACERECON_SCREENSHOT=docs/app_screenshot.png``
+    (``pytest tests/test_app.py -k browser``).
     """
     import os
     import shutil
