@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--all-faces", action="store_true", help="export every face, not just the largest")
     rec.add_argument("--colors", choices=("shaded", "albedo", "none"), default="shaded", help="vertex colours")
     rec.add_argument("--neutral", action="store_true", help="export a neutral expression")
+    rec.add_argument("--texture", action="store_true",
+                     help="bake colours into a UV texture (GLB embedded; OBJ writes .mtl + .png)")
     rec.add_argument("--device", default="cpu", help="torch device")
     return parser
 
@@ -55,7 +57,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
             for k, face in enumerate(faces):
                 suffix = f"_face{k}" if args.all_faces else ""
                 for fmt in args.format:
-                    face.export(args.output / f"{path.stem}{suffix}.{fmt}", colors=args.colors, neutral=args.neutral)
+                    face.export(args.output / f"{path.stem}{suffix}.{fmt}", colors=args.colors, neutral=args.neutral,
+                                texture=args.texture)
         except (FaceReconError, OSError, ValueError) as err:
             failed.append((path, str(err)))
             logger.error("%s: %s", path, err)

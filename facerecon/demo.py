@@ -136,12 +136,14 @@ class DemoRunner:
                 attention.append((attention_overlay(main.crop, amap), name))
 
         colors = vertex_colors[0]
-        glb = main.export(workdir / "face.glb", colors=colors, neutral=neutral)
+        glb = main.export(workdir / "face.glb", colors=colors, neutral=neutral, texture=True)
         ply = main.export(workdir / "face.ply", colors=colors, neutral=neutral)
-        obj = main.export(workdir / "face.obj", colors=colors, neutral=neutral)
+        objdir = workdir / "obj"
+        main.export(objdir / "face.obj", colors=colors, neutral=neutral, texture=True)
         obj_zip = workdir / "face_obj.zip"
         with zipfile.ZipFile(obj_zip, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.write(obj, obj.name)
+            for f in sorted(objdir.iterdir()):  # face.obj, face.mtl and the texture PNG
+                zf.write(f, f.name)
         params = {"faces": [f.to_dict() for f in faces]}
         if factor < 1.0:
             params["downscale_factor"] = factor

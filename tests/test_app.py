@@ -52,9 +52,13 @@ def test_app_face_photo_gives_every_output(app_url, astronaut, tmp_path):
     assert np.asarray(Image.open(annotated)).shape[:2] == (512, 512)
     assert len(attention) == 9  # one map per query token
     mesh = trimesh.load(glb, force="mesh", process=False)
-    assert mesh.vertices.shape == (9409, 3) and mesh.faces.shape == (18460, 3)
+    assert mesh.visual.kind == "texture" and mesh.faces.shape == (18460, 3)  # textured GLB
     names = sorted(Path(f).name for f in files)
     assert names == ["face.glb", "face.json", "face.ply", "face_obj.zip"]
+    import zipfile
+
+    zipped = zipfile.ZipFile(next(f for f in files if f.endswith(".zip"))).namelist()
+    assert "face.obj" in zipped and "face.mtl" in zipped and any(n.endswith(".png") for n in zipped)
     assert len(params["faces"]) >= 1 and len(params["faces"][0]["landmarks_2d"]) == 68
     assert "Found" in message and "yaw" in message
 

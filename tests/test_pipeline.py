@@ -132,3 +132,26 @@ def test_cli_lists_failures_with_nonzero_exit(ict_dir, astronaut, tmp_path, mode
     assert (tmp_path / "o" / "astronaut.ply").is_file()
     with pytest.raises(SystemExit):
         cli.main(["reconstruct", str(good), "-o", str(tmp_path), "--format", "stl"])
+
+
+def test_textured_exports(model, astronaut, tmp_path):
+    from facerecon.inference.texture import bake_texture, uv_vertex_map
+
+    face = model.reconstruct(astronaut, max_faces=1)[0]
+    vmap = uv_vertex_map(face.faces, face.face_uvs, len(face.uvs))
+    assert vmap.shape == (len(face.uvs),) and vmap.max() == N_VERTICES - 1
+    # A constant colour bakes into a constant texture (every covered and seam-padded texel).
+    tex = bake_texture(np.full((N_VERTICES, 3), 0.5, np.float32), face.faces, face.uvs, face.face_uvs, size=128)
+    covered = tex.reshape(-1, 3)[tex.reshape(-1, 3).sum(1) > 0]
+    assert len(covered) > 0.5 * 128 * 128 and np.abs(covered.astype(int) - 128).max() <= 1
+    glb = face.export(tmp_path / "t.glb", texture=True)
+    mesh = trimesh.load(glb, force="mesh", process=False)
+    assert mesh.visual.kind == "texture" and mesh.faces.shape == (N_FACES, 3)
+    assert mesh.vertices.shape == (len(face.uvs), 3)  # split along the UV seams
+    assert mesh.visual.material.baseColorTexture.size == (512, 512)
+    obj = face.export(tmp_path / "obj" / "t.obj", texture=True)
+    names = sorted(p.name for p in obj.parent.iterdir())
+    assert "t.mtl" in names and any(n.endswith(".png") for n in names)
+    assert "mtllib t.mtl" in obj.read_text()
+    with pytest.raises(ValueError, match="texture needs colours"):
+        face.to_trimesh(colors="none", texture=True)

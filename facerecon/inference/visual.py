@@ -105,8 +105,21 @@ def paste(canvas: np.ndarray, fr: FaceRender, layer: np.ndarray, alpha: np.ndarr
     return out
 
 
+def smooth_vertex_weights(weights: np.ndarray, faces: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Blur a per-vertex weight over the mesh (mean over incident triangles, repeated), keeping it in [0, 1]."""
+    w = weights.astype(np.float64)
+    counts = np.bincount(faces.reshape(-1), minlength=len(w)).astype(np.float64)
+    for _ in range(iterations):
+        tri = w[faces].mean(1)
+        w = np.bincount(faces.reshape(-1), weights=np.repeat(tri, 3), minlength=len(w)) / np.maximum(counts, 1)
+    return np.clip(w, 0.0, 1.0)
+
+
 def photo_colors(image: np.ndarray, face: Reconstruction, max_side: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Sample the photo's colour at every visible vertex.
+    """Photo colours where the face is visible, the fitted albedo (with the fitted lighting) where it is hidden.
+
+    The visibility is blurred over the mesh before blending, so the seam between photo and albedo is soft and
+    silhouette vertices (sampled at grazing angles) lean towards the albedo.
 
     Args:
         image: (H, W, 3) uint8 RGB photo.
@@ -114,7 +127,7 @@ def photo_colors(image: np.ndarray, face: Reconstruction, max_side: int = 512) -
         max_side: the visibility test runs in a window of at most this size.
 
     Returns:
-        (N, 3) colours in [0, 1] (hidden vertices get the fitted albedo x shading) and (N,) bool visibility.
+        (N, 3) colours in [0, 1] and (N,) bool visibility.
     """
     _, _, ww, wh, screen = _window_screen(face, image.shape[1], image.shape[0], max_side)
     faces = torch.from_numpy(face.faces)
@@ -123,5 +136,6 @@ def photo_colors(image: np.ndarray, face: Reconstruction, max_side: int = 512) -
     visible = vertex_visibility(screen, faces, frags, normals=normals)[0].numpy()
     img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
     sampled = sample_image(img_t, torch.from_numpy(face.vertices_image[:, :2]).float()[None])[0].numpy()
-    colors = np.where(visible[:, None], sampled, np.clip(face.colors, 0, 1)).astype(np.float32)
-    return colors, visible
+    w = smooth_vertex_weights(visible.astype(np.float64), face.faces) * visible  # hidden stays albedo
+    colors = w[:, None] * sampled + (1 - w[:, None]) * np.clip(face.colors, 0, 1)
+    return colors.astype(np.float32), visible
