@@ -149,6 +149,7 @@ def test_textured_exports(model, astronaut, tmp_path):
     assert mesh.visual.kind == "texture" and mesh.faces.shape == (N_FACES, 3)
     assert mesh.vertices.shape == (len(face.uvs), 3)  # split along the UV seams
     assert mesh.visual.material.baseColorTexture.size == (512, 512)
+    assert list(mesh.visual.material.baseColorFactor) == [255, 255, 255, 255]  # the texture is not darkened
     obj = face.export(tmp_path / "obj" / "t.obj", texture=True)
     names = sorted(p.name for p in obj.parent.iterdir())
     assert "t.mtl" in names and any(n.endswith(".png") for n in names)

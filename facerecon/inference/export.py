@@ -59,8 +59,11 @@ class MeshExport:
                 raise ValueError("a texture needs colours: pass colors='shaded', 'albedo' or an (N, 3) array")
             verts = self.vertices_neutral if neutral else self.vertices_view
             tm = textured_mesh(verts, self.faces, self.uvs, self.face_uvs, rgb, texture_size)
-            material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(tm.texture))
-            visual = trimesh.visual.TextureVisuals(uv=tm.uvs, image=Image.fromarray(tm.texture), material=material)
+            image = Image.fromarray(tm.texture)
+            # White base colour (trimesh's SimpleMaterial default of 0.4 grey would darken the texture), matte.
+            material = trimesh.visual.material.PBRMaterial(baseColorTexture=image, baseColorFactor=[255, 255, 255, 255],
+                                                           metallicFactor=0.0, roughnessFactor=1.0)
+            visual = trimesh.visual.TextureVisuals(uv=tm.uvs, image=image, material=material)
             return trimesh.Trimesh(vertices=np.asarray(tm.vertices, dtype=np.float64), faces=tm.faces, visual=visual,
                                    process=False)
 
