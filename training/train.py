@@ -271,7 +271,8 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
                 logs["train/images_per_s"] = seen / max(time.time() - t0, 1e-6)
                 accelerator.log(logs, step=step)
                 bar.set_postfix(loss=f"{float(parts['total']):.4f}", lmk=f"{float(parts['landmark']):.4f}")
-            if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
+            epoch_end = not cfg.val_every and batches == len(train_loader)
+            if (cfg.val_every and step % cfg.val_every == 0) or epoch_end or step == cfg.max_steps:
                 metrics = evaluate(model, val_loader, accelerator, extend_landmarks)
                 accelerator.log({"val/nme": metrics["nme"]}, step=step)
                 history.append({"step": step, "val_nme": metrics["nme"]})
