@@ -120,6 +120,16 @@ def test_save_load_round_trip(tiny_model, tmp_path):
     assert "pipeline_tag: image-to-3d" in card and "ICT-FaceKit" in card and "MIT" in card
 
 
+def test_config_json_round_trips_after_from_pretrained(tiny_model, tmp_path, ict_dir):
+    """A model loaded with from_pretrained (e.g. to fine-tune) saves a config.json that loads again."""
+    tiny_model.save_pretrained(tmp_path / "a")
+    loaded = FaceRecon.from_pretrained(tmp_path / "a", strict=True, ict_path=str(ict_dir))
+    loaded.save_pretrained(tmp_path / "b")
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved == tiny_model.config.to_dict()
+    assert FaceRecon.from_pretrained(tmp_path / "b", strict=True).config == tiny_model.config
+
+
 def test_load_never_downloads_backbone_weights(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())

@@ -187,6 +187,9 @@ class FaceRecon(
         ambient = torch.zeros(9, 3)
         ambient[0] = 1.0
         self.register_buffer("lighting_prior", ambient, persistent=False)
+        # config.json holds exactly the FaceReconConfig fields (not run-time arguments such as ict_path), however
+        # the model was built (directly, or by from_pretrained, which passes the config as a dict).
+        self._hub_mixin_config = config.to_dict()
 
     # ------------------------------------------------------------------ forward
     def regress(self, tokens: torch.Tensor) -> FaceParameters:
