@@ -158,8 +158,9 @@ class Reconstructor:
         center = (0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]) + self.detection_shift * h)
         return square_box(center, self.detection_scale * max(w, h))
 
-    def regress(self, image: np.ndarray, boxes: np.ndarray) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
-        """Run the model on the crops of ``boxes`` (K, 4).
+    def regress(self, image: np.ndarray, boxes: np.ndarray,
+                landmarks_only: bool = False) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
+        """Run the model on the crops of ``boxes`` (K, 4) (``landmarks_only`` skips the dense mesh).
 
         Returns:
             The model output, (K, 68, 2) landmarks in image pixels and the (K, S, S, 3) uint8 crops.
@@ -169,7 +170,7 @@ class Reconstructor:
         device = next(self.model.parameters()).device
         x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
-            out = self.model(x)
+            out = self.model(x, landmarks_only=landmarks_only)
         box_t = torch.as_tensor(boxes, dtype=torch.float32, device=device)
         return out, crop_to_image(out.landmarks_2d.float(), box_t, size), crops
 
@@ -201,10 +202,11 @@ class Reconstructor:
         if max_faces is not None:
             detections = detections[:max_faces]
         boxes = np.stack([self.crop_from_detection(b) for b in detections])
-        out, lmk, crops = self.regress(img, boxes)
-        for _ in range(self.refine_steps):
+        # Passes before the last only need landmarks to place the next crop.
+        out, lmk, crops = self.regress(img, boxes, landmarks_only=self.refine_steps > 0)
+        for k in range(self.refine_steps):
             boxes = box_from_points(lmk, scale=self.model.config.crop_scale).double().cpu().numpy()
-            out, lmk, crops = self.regress(img, boxes)
+            out, lmk, crops = self.regress(img, boxes, landmarks_only=k < self.refine_steps - 1)
         return [self._result(out, k, lmk[k], boxes[k], detections[k], (w, h), crops[k]) for k in range(len(boxes))]
 
     def _result(self, out: FaceReconOutput, k: int, landmarks: torch.Tensor, box: np.ndarray,
