@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             batch = mix_batches({k: v for k, v in batch.items() if torch.is_tensor(v)},
                                 synthetic.batch(n_syn, index=step))
         out = model(batch["image"], landmarks_only=not needs_mesh)
-        loss, _ = total_loss(out, batch, cfg.loss, size, extend_landmarks, faces=model.morphable.faces,
+        loss, _ = total_loss(out, batch, cfg.loss, size, extend_landmarks, model=model,
                              perceptual=perceptual)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

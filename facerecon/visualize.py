@@ -79,24 +79,3 @@ def attention_overlay(crop: np.ndarray, attention: np.ndarray, alpha: float = 0.
     a = cv2.resize(a, (crop.shape[1], s), interpolation=cv2.INTER_CUBIC).clip(0, 1)
     heat = cv2.applyColorMap(np.round(a * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     return np.round((1 - alpha) * crop + alpha * heat).astype(np.uint8)
-
-
-def draw_mesh_points(image: np.ndarray, vertices_image: np.ndarray, colors: np.ndarray | None = None,
-                     step: int = 3) -> np.ndarray:
-    """Splat every ``step``-th projected vertex onto a copy of the image (a renderer-free mesh preview).
-
-    Args:
-        image: (H, W, 3) uint8 RGB.
-        vertices_image: (N, 3) vertices in image pixels (x, y) and depth z (larger = farther).
-        colors: (N, 3) colours in [0, 1] (white when None).
-        step: vertex subsampling.
-    """
-    out = np.ascontiguousarray(image.copy())
-    v = vertices_image[::step]
-    c = np.ones((len(v), 3)) if colors is None else colors[::step]
-    order = np.argsort(-v[:, 2])  # far to near
-    h, w = out.shape[:2]
-    xy = np.round(v[order, :2]).astype(int)
-    keep = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
-    out[xy[keep, 1], xy[keep, 0]] = np.round(np.clip(c[order][keep], 0, 1) * 255).astype(np.uint8)
-    return out

@@ -37,7 +37,7 @@ def _loss_terms(model, batch, target_vertices, perceptual):
     out = model(batch["image"])
     w = LossWeights()
     pred71 = extend_landmarks(out.landmarks_2d)
-    rendered = render_prediction(out, model.morphable.faces, 64)
+    rendered = render_prediction(out, model, 64)
     return {
         "photometric": photometric_loss(rendered.image, batch["image"], rendered.mask),
         "perceptual": perceptual(rendered.image, batch["image"], rendered.mask),

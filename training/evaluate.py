@@ -148,7 +148,7 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
                       with_ssim: bool = True) -> dict[str, Any]:
     """Landmark NME per yaw bin, pose MAE and (optionally) masked SSIM of the re-rendered face."""
     from facerecon.geometry import crop_to_image
-    from facerecon.render import render, to_screen
+    from training.losses import render_prediction
 
     size, scale = model.config.input_size, model.config.crop_scale
     per_image: list[dict[str, Any]] = []
@@ -161,9 +161,7 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
             euler = np.degrees(out.euler.numpy())
             ssim = [float("nan")] * len(chunk)
             if with_ssim:
-                principal = torch.full((len(chunk), 2), (size - 1) / 2.0)
-                screen = to_screen(out.vertices, out.params.scale, principal)
-                r = render(screen, model.morphable.faces, out.colors.clamp(0, 1), size, size)
+                r = render_prediction(out, model, size)
                 smap = ssim_map(r.image, x)
                 m = r.mask
                 ssim = ((smap * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)).tolist()

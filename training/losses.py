@@ -79,14 +79,12 @@ def photometric_loss(rendered: torch.Tensor, photo: torch.Tensor, weight: torch.
     return (dist * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def render_prediction(out: FaceReconOutput, faces: torch.Tensor, size: int):
+def render_prediction(out: FaceReconOutput, model: torch.nn.Module, size: int):
     """Render the predicted faces (shaded colours) into their (size x size) input crops."""
-    from facerecon.render import render, to_screen
+    from facerecon.render import render
 
-    principal = torch.full((out.vertices.shape[0], 2), (size - 1) / 2.0, device=out.vertices.device,
-                           dtype=out.vertices.dtype)
-    screen = to_screen(out.vertices, out.params.scale, principal)
-    return render(screen, faces, out.colors.clamp(0, 1), size, size)
+    screen = model.screen(out.vertices, out.params.scale)
+    return render(screen, model.morphable.faces, out.colors.clamp(0, 1), size, size)
 
 
 def regularization_loss(out: FaceReconOutput, weights: LossWeights) -> torch.Tensor:
@@ -103,7 +101,7 @@ def regularization_loss(out: FaceReconOutput, weights: LossWeights) -> torch.Ten
 
 
 def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: LossWeights, crop_size: int,
-               extend: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor | None = None,
+               extend: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module | None = None,
                perceptual: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Combine the loss terms available for this batch.
 
@@ -114,7 +112,7 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
         weights: loss weights.
         crop_size: input crop side.
         extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
-        faces: (F, 3) mesh triangles, needed by the photometric and perceptual terms.
+        model: the (unwrapped) FaceRecon, for its camera and mesh; needed by the photometric and perceptual terms.
         perceptual: a :class:`training.perceptual.PerceptualLoss` (needed when ``weights.perceptual > 0``).
 
     Returns:
@@ -131,11 +129,11 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
         parts["recon"] = vertex_loss(out.vertices, batch["vertices"], batch.get("has_vertices"))
         total = total + weights.recon * parts["recon"]
     if weights.photometric > 0 or weights.perceptual > 0:
-        if faces is None or out.vertices is None:
-            raise ValueError("photometric / perceptual terms need the dense mesh and the mesh faces")
+        if model is None or out.vertices is None:
+            raise ValueError("photometric / perceptual terms need the dense mesh and the model")
         from facerecon.skin import skin_mask
 
-        rendered = render_prediction(out, faces, crop_size)
+        rendered = render_prediction(out, model, crop_size)
         photo = batch["image"]
         with torch.no_grad():
             skin = skin_mask(photo, rendered.mask, out.landmarks_2d.detach())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from facerecon.models.facerecon import FaceParameters
-from facerecon.render import render, to_screen
+from facerecon.render import render
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,7 @@ class SyntheticFaces:
         with torch.no_grad():
             out = self.model.decode(params)
             s = self.size
-            principal = torch.full((n, 2), (s - 1) / 2.0)
-            screen = to_screen(out.vertices, params.scale, principal)
+            screen = self.model.screen(out.vertices, params.scale)
             colors = out.colors.clamp(0, 1)
             if self.loops:
                 # Cap vertices: the loop centroids, pushed 3 mm back, dark.

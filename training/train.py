@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
 
-    mesh_faces = accelerator.unwrap_model(model).morphable.faces
+    unwrapped = accelerator.unwrap_model(model)
     perceptual = None
     if cfg.loss.perceptual > 0:
         from training.perceptual import PerceptualLoss
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
             with accelerator.accumulate(model):
                 out = model(batch["image"], landmarks_only=not needs_mesh)
                 loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks,
-                                         faces=mesh_faces, perceptual=perceptual)
+                                         model=unwrapped, perceptual=perceptual)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)

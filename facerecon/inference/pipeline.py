@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,7 +85,6 @@ class Reconstruction(MeshExport):
     crop: np.ndarray
     attention: np.ndarray | None
     token_names: tuple[str, ...]
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pose(self) -> dict[str, float]:

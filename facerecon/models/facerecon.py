@@ -259,12 +259,22 @@ class FaceRecon(
         return self.decode(self.regress(tokens), attention=attention, landmarks_only=landmarks_only)
 
     # ------------------------------------------------------------------ inference helpers
+    def principal_point(self, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """(B, 2) principal point of the input crop (its centre, 0-based pixel centres), on ``like``'s device."""
+        return torch.full((batch, 2), (self.config.input_size - 1) / 2.0, device=like.device, dtype=like.dtype)
+
     def project(self, points_cam: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Camera-frame points (B, P, 3) -> input-crop pixels (B, P, 2) with the model's principal point."""
-        size = self.config.input_size
-        principal = torch.full((points_cam.shape[0], 2), (size - 1) / 2.0, device=points_cam.device,
-                               dtype=points_cam.dtype)
-        return weak_perspective_project(points_cam, scale, principal)
+        return weak_perspective_project(points_cam, scale, self.principal_point(points_cam.shape[0], points_cam))
+
+    def screen(self, points_cam: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Camera-frame points (B, P, 3) -> renderer screen space of the input crop (B, P, 3).
+
+        Screen space: x, y in crop pixels, z = scale * depth (see :func:`facerecon.render.to_screen`).
+        """
+        from facerecon.render import to_screen
+
+        return to_screen(points_cam, scale, self.principal_point(points_cam.shape[0], points_cam))
 
     def reconstruct(self, image: Any, box: Any = None, **kwargs: Any) -> list[Reconstruction]:
         """Reconstruct every face in a photo (see :class:`facerecon.inference.pipeline.Reconstructor`).
