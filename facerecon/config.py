@@ -40,6 +40,8 @@ class FaceReconConfig:
         albedo_model: "default" (the bundled learned PCA albedo model), "uniform" (one skin colour + 3 tint modes,
             the placeholder) or the path of an ``albedo_model.safetensors``.
         surface: morphable-model surface, "face" or "head".
+        landmarks: which vertices are the 68 landmarks: "ict" (ICT-FaceKit's own), a bundled definition such as
+            "refined" (fitted to annotated photos by ``training.fit_landmarks``) or the path of such a JSON file.
         crop_scale: the face crop's side divided by the larger side of the 68 landmarks' bounding box.
         expression_bias: initial logit of the expression weights (sigmoid(-6) = 0.0025: neutral at step 0).
     """
@@ -57,6 +59,7 @@ class FaceReconConfig:
     n_albedo: int = 60
     albedo_model: str = "default"
     surface: str = "face"
+    landmarks: str = "ict"
     crop_scale: float = 1.6
     expression_bias: float = -6.0
 
@@ -85,6 +88,8 @@ class FaceReconConfig:
             raise ConfigError(f"the 'uniform' albedo model has at most 3 components, got n_albedo={self.n_albedo}")
         if self.surface not in ("face", "head"):
             raise ConfigError(f"surface must be 'face' or 'head', got {self.surface!r}")
+        if not self.landmarks or not isinstance(self.landmarks, str):
+            raise ConfigError(f"landmarks must be 'ict', a bundled definition name or a path, got {self.landmarks!r}")
         if not 1.0 <= self.crop_scale <= 3.0:
             raise ConfigError(f"crop_scale must be in [1, 3], got {self.crop_scale}")
 

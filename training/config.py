@@ -36,8 +36,11 @@ class TrainConfig:
 
     Attributes:
         model: FaceReconConfig fields (a dict, validated by FaceReconConfig).
-        init_from: a saved model folder / repo id to fine-tune from (its config replaces ``model``).
+        init_from: a saved model folder / repo id to fine-tune from; ``model`` entries then override its config
+            (e.g. ``landmarks``) and the weights must still fit.
         sources: real data sources to train on.
+        jaw_turned_weight: loss weight of the 300-W jaw points of turned faces (they follow the visible outline,
+            not the 3D contour of synthetic faces and AFLW2000-3D); also applied to the validation split.
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
         batch_size: global batch per optimisation step (split over processes and accumulation steps).
         grad_accum: gradient-accumulation steps.
@@ -56,6 +59,7 @@ class TrainConfig:
     init_from: str | None = None
     sources: list[str] = field(default_factory=lambda: ["300w", "aflw"])
     synthetic_fraction: float = 0.0
+    jaw_turned_weight: float = 0.5
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 1e-3
@@ -91,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise ValueError("batch_size, grad_accum and max_steps must be >= 1")
+        if self.jaw_turned_weight < 0:
+            raise ValueError(f"jaw_turned_weight must be >= 0, got {self.jaw_turned_weight}")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         unknown = set(self.sources) - {"300w", "aflw", "utkface"}

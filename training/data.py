@@ -24,6 +24,7 @@ Sources (``FACERECON_DATA`` or ``<checkout>/../shared``; the AFLW2000-3D benchma
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import math
@@ -327,6 +328,25 @@ def load_300w(root: str | os.PathLike | None = None) -> list[FaceSample]:
             weights=w, yaw_estimate=float(yaw_est[i]), pose_bin=_yaw_bin(float(yaw_est[i])),
             stratum=str(subsets[i]), group=f"300w/{_photo_stem(str(src_files[i]))}", meta={"subset": str(subsets[i])},
         ))
+    return out
+
+
+def reweight_turned_jaw(records: Sequence[FaceSample], weight: float) -> list[FaceSample]:
+    """Copies of ``records`` whose turned 300-W faces give their jaw points (0-16) ``weight`` instead.
+
+    Turned = ``|yaw_estimate| > JAW_YAW_THRESHOLD_DEG``. The 300-W jaw follows the visible outline, while synthetic
+    faces and AFLW2000-3D use the 3D jaw contour (hidden behind the face when turned); ``weight=0`` removes that
+    conflict. Other records are returned unchanged.
+    """
+    if weight < 0:
+        raise ValueError(f"jaw weight must be >= 0, got {weight}")
+    out = []
+    for r in records:
+        if r.source == "300w" and abs(r.yaw_estimate) > JAW_YAW_THRESHOLD_DEG:
+            w = r.weights.copy()
+            w[:17] = weight
+            r = dataclasses.replace(r, weights=w)
+        out.append(r)
     return out
 
 

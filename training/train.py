@@ -76,16 +76,23 @@ def build_model(cfg: TrainConfig):
     from facerecon.models.facerecon import FaceRecon
 
     if cfg.init_from:
-        return FaceRecon.from_pretrained(cfg.init_from, strict=True)
+        model = FaceRecon.from_pretrained(cfg.init_from, strict=True)
+        if not cfg.model:
+            return model
+        # Entries of ``model`` override the loaded config (e.g. another landmark definition); weights must still fit.
+        tuned = FaceRecon({**model.config.to_dict(), **cfg.model})
+        tuned.load_state_dict(model.state_dict(), strict=True)
+        return tuned
     return FaceRecon(cfg.model_config())
 
 
 def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
     """Training and validation datasets from the deterministic 70/15/15 split of the real pool."""
-    from training.data import RealFaceDataset, format_split_sizes, make_splits
+    from training.data import RealFaceDataset, format_split_sizes, make_splits, reweight_turned_jaw
 
     splits = make_splits(seed=0, sources=cfg.sources)
     logger.info("data splits:\n%s", format_split_sizes(splits))
+    splits = {k: reweight_turned_jaw(v, cfg.jaw_turned_weight) for k, v in splits.items()}
     train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed)
     val_records = [r for r in splits["val"] if r.has_landmarks]
     if cfg.val_limit:

@@ -26,6 +26,7 @@ from facerecon.geometry import (
 from facerecon.models.head import Backbone, ComponentAttentionHead
 from facerecon.morphable.albedo import load_albedo_model
 from facerecon.morphable.ict import load_morphable_data
+from facerecon.morphable.landmarks import load_landmark_index
 from facerecon.morphable.model import AlbedoModel, MorphableModel
 
 if TYPE_CHECKING:
@@ -152,7 +153,8 @@ class FaceRecon(
         self.token_names = config.tokens
 
         data = load_morphable_data(ict_path, surface=config.surface)
-        self.morphable = MorphableModel(data, n_identity=config.n_identity)
+        landmark_index = load_landmark_index(config.landmarks, config.surface, data.faces, data.mean.shape[0])
+        self.morphable = MorphableModel(data, n_identity=config.n_identity, landmark_index=landmark_index)
         if config.n_expression != self.morphable.n_expression:
             raise ValueError(f"config.n_expression={config.n_expression} but the morphable model has "
                              f"{self.morphable.n_expression} blendshapes")

@@ -24,9 +24,11 @@ class MorphableModel(nn.Module):
     Args:
         data: the built arrays (see :func:`facerecon.morphable.ict.load_morphable_data`).
         n_identity: number of identity modes kept (<= 100), ordered by explained variance.
+        landmark_index: optional (68,) vertex indices replacing ICT-FaceKit's landmark vertices (see
+            :mod:`facerecon.morphable.landmarks`).
     """
 
-    def __init__(self, data: MorphableModelData, n_identity: int) -> None:
+    def __init__(self, data: MorphableModelData, n_identity: int, landmark_index: torch.Tensor | None = None) -> None:
         super().__init__()
         k_max = data.identity_basis.shape[0]
         if not 1 <= n_identity <= k_max:
@@ -42,10 +44,12 @@ class MorphableModel(nn.Module):
         self.register_buffer("faces", data.faces.clone(), persistent=False)
         self.register_buffer("uvs", data.uvs.clone(), persistent=False)
         self.register_buffer("face_uvs", data.face_uvs.clone(), persistent=False)
-        self.register_buffer("landmark_index", data.landmark_index.clone(), persistent=False)
+        lmk = data.landmark_index if landmark_index is None else landmark_index.to(data.landmark_index)
+        if lmk.shape != (68,) or int(lmk.min()) < 0 or int(lmk.max()) >= data.mean.shape[0]:
+            raise ValueError(f"landmark_index must be 68 vertex indices in [0, {data.mean.shape[0]})")
+        self.register_buffer("landmark_index", lmk.clone(), persistent=False)
         self.register_buffer("landmark_mirror", data.landmark_mirror.clone(), persistent=False)
         self.register_buffer("vertex_mirror", data.vertex_mirror.clone(), persistent=False)
-        lmk = data.landmark_index
         self.register_buffer("landmark_mean", self.mean[lmk].clone(), persistent=False)
         self.register_buffer("landmark_identity_basis", self.identity_basis[:, lmk].clone(), persistent=False)
         self.register_buffer("landmark_expression_basis", self.expression_basis[:, lmk].clone(), persistent=False)
