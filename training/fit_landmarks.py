@@ -19,10 +19,8 @@ import argparse
 import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 logger = logging.getLogger("facerecon.fit_landmarks")
@@ -108,7 +106,7 @@ def _records(split: str, max_yaw: float, sources: list[str]) -> list[Any]:
 
     recs = [r for r in make_splits(seed=0, sources=sources)[split] if r.has_landmarks]
     yaw = [r.yaw if r.source == "aflw" else r.yaw_estimate for r in recs]
-    return [r for r, y in zip(recs, yaw) if y is not None and math.isfinite(y) and abs(y) <= max_yaw]
+    return [r for r, y in zip(recs, yaw, strict=True) if y is not None and math.isfinite(y) and abs(y) <= max_yaw]
 
 
 def _batches(model: Any, records: list[Any], batch_size: int):
