@@ -52,6 +52,8 @@ class TrainConfig:
         patience: early stopping after this many validations without improvement (0 disables).
         save_every: checkpoint (accelerate save_state) every this many steps.
         output_dir: run folder (checkpoints/, best/, logs/).
+        threads: CPU threads per process (0: all cores divided among the processes; `accelerate launch` would
+            otherwise leave OMP_NUM_THREADS=1).
         seed, workers, log_every, val_limit: misc.
     """
 
@@ -79,6 +81,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     workers: int = 0
+    threads: int = 0
     augment: bool = True
     loss: LossWeights = field(default_factory=LossWeights)
     push_to_hub: str | None = None
@@ -95,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise ValueError("batch_size, grad_accum and max_steps must be >= 1")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.jaw_turned_weight < 0:
             raise ValueError(f"jaw_turned_weight must be >= 0, got {self.jaw_turned_weight}")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
