@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="model folder or Hub repo id (default: bundled model)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at once")
     parser.add_argument("--share", action="store_true", help="create a public Gradio link")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default=os.environ.get("FACERECON_BACKEND", "torch"),
+                        help="regressor back-end (onnx needs onnxruntime)")
     return parser.parse_args(argv)
 
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     """Start the app."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    demo = build_demo(DemoRunner(args.model), concurrency_limit=args.concurrency)
+    demo = build_demo(DemoRunner(args.model, backend=args.backend), concurrency_limit=args.concurrency)
     demo.queue(max_size=32).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``facerecon reconstruct IMG... -o OUTDIR [--format glb,obj,ply,json]``."""
+"""Command line: ``facerecon reconstruct IMG... -o OUTDIR [--format ...]`` and ``facerecon export-onnx -o FILE``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--texture", action="store_true",
                      help="bake colours into a UV texture (GLB embedded; OBJ writes .mtl + .png)")
     rec.add_argument("--device", default="cpu", help="torch device")
+    rec.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                     help="regressor back-end (onnx needs onnxruntime: pip install 'facerecon[onnx]')")
+    exp = sub.add_parser("export-onnx", help="export the regressor to ONNX (dynamic batch), checked against torch")
+    exp.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
+    exp.add_argument("--model", default=None, help="model folder or Hub repo id (default: the bundled model)")
+    exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     return parser
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from facerecon.hub import load_model
+
+    model = load_model(args.model, allow_untrained=True)
+    path = model.export_onnx(args.output, check=not args.no_check)
+    print(f"exported the regressor of {args.model or 'the bundled model'} to {path} "
+          f"({path.stat().st_size / 1e6:.1f} MB){'' if args.no_check else ', parity with torch checked'}")
+    return 0
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -53,7 +69,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     for path in bar:
         bar.set_postfix_str(path.name)
         try:
-            faces = model.reconstruct(path, max_faces=None if args.all_faces else 1)
+            faces = model.reconstruct(path, max_faces=None if args.all_faces else 1, backend=args.backend)
             for k, face in enumerate(faces):
                 suffix = f"_face{k}" if args.all_faces else ""
                 for fmt in args.format:
@@ -79,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "reconstruct":
         return _reconstruct(args)
+    if args.command == "export-onnx":
+        return _export_onnx(args)
     raise AssertionError(args.command)  # argparse guarantees a known command
 
 

@@ -6,6 +6,7 @@ Each stage is a small callable; :class:`Reconstructor` wires them together and `
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from facerecon.models.facerecon import FaceRecon, FaceReconOutput
 
 logger = logging.getLogger(__name__)
+
+#: Regressor back-ends of :class:`Reconstructor`.
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -127,11 +131,22 @@ class Reconstructor:
             68 landmarks span about 0.83 of the box side, centred about 0.13 of it below the box centre (measured on
             AFLW2000-3D dev), so 1.45 gives about 1.75x the landmark extent, inside the model's training range.
         detection_shift: downward shift of the crop centre in units of the detector box height.
+        backend: "torch", or "onnx" to run the regressor with onnxruntime (the mesh is still decoded in torch).
+        onnx_path: the exported regressor for the ONNX backend (default: exported once into the cache).
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
-                 detection_scale: float = 1.45, detection_shift: float = 0.13) -> None:
+                 detection_scale: float = 1.45, detection_shift: float = 0.13, backend: str = "torch",
+                 onnx_path: str | os.PathLike | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model.eval()
+        self.backend = backend
+        self._onnx = None
+        if backend == "onnx":
+            from facerecon.inference.onnx_backend import OnnxRegressor, cached_onnx_path
+
+            self._onnx = OnnxRegressor(onnx_path or cached_onnx_path(model))
         self._detector = detector
         self._lock = threading.Lock()
         self.refine_steps = refine_steps
@@ -157,6 +172,14 @@ class Reconstructor:
         center = (0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]) + self.detection_shift * h)
         return square_box(center, self.detection_scale * max(w, h))
 
+    def forward(self, crops: torch.Tensor, landmarks_only: bool = False) -> FaceReconOutput:
+        """Run the regressor of the chosen back-end on (B, 3, S, S) crops in [0, 1] and decode (no gradients)."""
+        with torch.inference_mode():
+            if self._onnx is not None:
+                params, attention = self._onnx(crops)
+                return self.model.decode(params, attention=attention, landmarks_only=landmarks_only)
+            return self.model(crops, landmarks_only=landmarks_only)
+
     def regress(self, image: np.ndarray, boxes: np.ndarray,
                 landmarks_only: bool = False) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
         """Run the model on the crops of ``boxes`` (K, 4) (``landmarks_only`` skips the dense mesh).
@@ -168,8 +191,7 @@ class Reconstructor:
         crops = np.stack([crop_face(image, b, size) for b in boxes])
         device = next(self.model.parameters()).device
         x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-        with torch.inference_mode():
-            out = self.model(x, landmarks_only=landmarks_only)
+        out = self.forward(x, landmarks_only=landmarks_only)
         box_t = torch.as_tensor(boxes, dtype=torch.float32, device=device)
         return out, crop_to_image(out.landmarks_2d.float(), box_t, size), crops
 

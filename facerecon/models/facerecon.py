@@ -278,12 +278,14 @@ class FaceRecon(
 
         return to_screen(points_cam, scale, self.principal_point(points_cam.shape[0], points_cam))
 
-    def reconstruct(self, image: Any, box: Any = None, **kwargs: Any) -> list[Reconstruction]:
+    def reconstruct(self, image: Any, box: Any = None, backend: str = "torch",
+                    **kwargs: Any) -> list[Reconstruction]:
         """Reconstruct every face in a photo (see :class:`facerecon.inference.pipeline.Reconstructor`).
 
         Args:
             image: path, bytes, PIL image or RGB numpy array.
             box: optional face box [x0, y0, x1, y1] in image pixels; detection runs when None.
+            backend: "torch" (default) or "onnx" (onnxruntime runs the regressor, exported once into the cache).
             **kwargs: forwarded to :meth:`Reconstructor.__call__` (e.g. ``max_faces``).
 
         Returns:
@@ -291,9 +293,20 @@ class FaceRecon(
         """
         from facerecon.inference.pipeline import Reconstructor
 
-        if getattr(self, "_reconstructor", None) is None:
-            self._reconstructor = Reconstructor(self)
-        return self._reconstructor(image, box=box, **kwargs)
+        cache = self.__dict__.setdefault("_reconstructors", {})
+        if backend not in cache:
+            cache[backend] = Reconstructor(self, backend=backend)
+        return cache[backend](image, box=box, **kwargs)
+
+    def export_onnx(self, path: str | Path, check: bool = True, atol: float = 1e-4) -> Path:
+        """Export the regressor (crops -> parameters, landmarks, attention) to ONNX with a dynamic batch axis.
+
+        See :func:`facerecon.inference.onnx_backend.export_onnx`; with ``check`` the file is run with onnxruntime
+        (when installed) and compared with torch to ``atol``.
+        """
+        from facerecon.inference.onnx_backend import export_onnx
+
+        return export_onnx(self, path, check=check, atol=atol)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> FaceRecon:
