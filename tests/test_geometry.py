@@ -30,6 +30,7 @@ from facerecon.geometry import (
     sh_basis,
     sh_shading,
     shade,
+    vertex_face_incidence,
     vertex_normals,
     weak_perspective_project,
 )
@@ -461,6 +462,17 @@ def test_vertex_normals_area_weighting_and_isolated_vertex() -> None:
     vg = v.clone().requires_grad_(True)
     vertex_normals(vg, f).sum().backward()
     assert vg.grad is not None and torch.isfinite(vg.grad).all()
+
+
+def test_vertex_normals_sparse_incidence_matches_scatter() -> None:
+    v = (torch.tensor(CUBE_V, dtype=torch.float64)[None].repeat(3, 1, 1)
+         + 0.1 * torch.randn(3, 8, 3, generator=gen(5), dtype=torch.float64))
+    f = cube_faces()
+    inc = vertex_face_incidence(f, 8, torch.float64)
+    assert inc.shape == (8, 12) and int(inc.to_dense().sum()) == 36
+    torch.testing.assert_close(vertex_normals(v, f, incidence=inc), vertex_normals(v, f))
+    vg = v.clone().requires_grad_(True)
+    assert gradcheck(lambda x: vertex_normals(x, f, incidence=inc), (vg,))
 
 
 def test_mesh_gradcheck_and_gather() -> None:

@@ -57,7 +57,6 @@ from facerecon.geometry import (
     image_to_crop,
     model_to_camera,
     sh_basis,
-    vertex_normals,
 )
 from facerecon.inference.crop import crop_face
 from facerecon.morphable.albedo import ALBEDO_FILE, reconstruction_rmse, save_albedo_model, topology_hash
@@ -233,7 +232,7 @@ def sample_colors(morph: MorphableModel, batch: Batch, fit: Fit) -> Samples:
     centre = torch.full((len(fit.scale), 2), (size - 1) / 2.0)
     shape = morph.shape(fit.identity, fit.expression)
     screen = to_screen(model_to_camera(shape, fit.rotation, fit.translation), fit.scale, centre)
-    normals = vertex_normals(shape, morph.faces) @ fit.rotation.transpose(1, 2)
+    normals = morph.vertex_normals(shape) @ fit.rotation.transpose(1, 2)
     frags = rasterize(screen, morph.faces, size, size)
     visible = vertex_visibility(screen, morph.faces, frags, normals)
     # erode the rendered face region by ~1.5 % of the crop so that silhouette pixels (background) are not sampled

@@ -35,7 +35,7 @@ from facerecon.geometry.camera import (
     scale_box,
     weak_perspective_project,
 )
-from facerecon.geometry.mesh import face_normals, gather_vertices, vertex_normals
+from facerecon.geometry.mesh import face_normals, gather_vertices, vertex_face_incidence, vertex_normals
 from facerecon.geometry.rotation import (
     axis_angle_to_matrix,
     euler_to_matrix,
@@ -68,6 +68,7 @@ __all__ = [
     "sh_basis",
     "sh_shading",
     "shade",
+    "vertex_face_incidence",
     "vertex_normals",
     "weak_perspective_project",
 ]

@@ -20,7 +20,6 @@ from facerecon.geometry import (
     model_to_camera,
     rotation_6d_to_matrix,
     sh_shading,
-    vertex_normals,
     weak_perspective_project,
 )
 from facerecon.models.head import Backbone, ComponentAttentionHead
@@ -237,7 +236,7 @@ class FaceRecon(
         vertices = model_to_camera(shape, params.rotation, params.translation)
         landmarks_3d = self.morphable.landmarks(vertices)
         landmarks_2d = self.project(landmarks_3d, params.scale)
-        normals = vertex_normals(shape, self.morphable.faces) @ params.rotation.transpose(1, 2)
+        normals = self.morphable.vertex_normals(shape) @ params.rotation.transpose(1, 2)
         albedo = self.albedo_model(params.albedo)
         colors = albedo * sh_shading(normals, params.lighting)
         return FaceReconOutput(params=params, euler=matrix_to_euler(params.rotation), shape=shape, vertices=vertices,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facerecon.geometry.mesh import vertex_face_incidence, vertex_normals
 from facerecon.morphable.ict import MorphableModelData
 
 #: Mean skin albedo (sRGB-encoded values in [0, 1]) of the placeholder albedo model.
@@ -53,6 +54,17 @@ class MorphableModel(nn.Module):
         self.register_buffer("landmark_mean", self.mean[lmk].clone(), persistent=False)
         self.register_buffer("landmark_identity_basis", self.identity_basis[:, lmk].clone(), persistent=False)
         self.register_buffer("landmark_expression_basis", self.expression_basis[:, lmk].clone(), persistent=False)
+
+    def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) vertices on this mesh -> (B, N, 3) area-weighted unit normals (sparse incidence, cached).
+
+        Convention: as :func:`facerecon.geometry.vertex_normals` (outward for the counter-clockwise triangles).
+        """
+        key = (vertices.device, vertices.dtype)
+        cache = self.__dict__.setdefault("_incidence", {})
+        if key not in cache:
+            cache[key] = vertex_face_incidence(self.faces.to(vertices.device), self.n_vertices, vertices.dtype)
+        return vertex_normals(vertices, self.faces, incidence=cache[key])
 
     @property
     def n_vertices(self) -> int:
