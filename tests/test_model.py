@@ -192,3 +192,17 @@ def test_landmarks_only_decode_matches_full(tiny_model):
     assert fast.vertices is None and fast.colors is None
     assert torch.allclose(fast.landmarks_2d, full.landmarks_2d, atol=1e-4)
     assert torch.allclose(fast.landmarks_3d, full.landmarks_3d, atol=1e-4)
+
+
+def test_deepcopy_and_pickle_after_use(tiny_model, astronaut):
+    """Run-time caches (sparse normals incidence, pipelines with locks) never block copying the model."""
+    import copy
+    import pickle
+
+    with torch.no_grad():
+        ref = tiny_model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    tiny_model.reconstruct(astronaut, box=[170.0, 30.0, 300.0, 180.0])
+    for clone in (copy.deepcopy(tiny_model), pickle.loads(pickle.dumps(tiny_model))):
+        with torch.no_grad():
+            out = clone(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        assert torch.equal(out.normals, ref.normals) and torch.equal(out.vertices, ref.vertices)

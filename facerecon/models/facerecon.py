@@ -307,6 +307,11 @@ class FaceRecon(
 
         return export_onnx(self, path, check=check, atol=atol)
 
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_reconstructors", None)  # pipelines hold locks and detectors: rebuilt on demand
+        return state
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> FaceRecon:
         """Load a model saved with :meth:`save_pretrained`, from a local folder or a Hugging Face Hub repo id.

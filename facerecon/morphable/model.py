@@ -55,6 +55,12 @@ class MorphableModel(nn.Module):
         self.register_buffer("landmark_identity_basis", self.identity_basis[:, lmk].clone(), persistent=False)
         self.register_buffer("landmark_expression_basis", self.expression_basis[:, lmk].clone(), persistent=False)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_incidence", None)  # a rebuildable cache (sparse tensors cannot be deep-copied or pickled)
+        return state
+
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) vertices on this mesh -> (B, N, 3) area-weighted unit normals (sparse incidence, cached).
 
