@@ -79,3 +79,34 @@ def test_model_card_from_results(tmp_path):
     assert values["NME balanced (%), 68 points, AFLW2000-3D dev"] == 4.0
     assert "research and non-commercial use only" in card and "MIT" in card
     assert "| **NME balanced (%)** | **4.00** |" in card
+
+
+def test_fairness_slice_per_group(tiny_model, astronaut, tmp_path):
+    import cv2
+
+    from training.evaluate import evaluate_fairness, fairness_table
+
+    (tmp_path / "images").mkdir()
+    face = cv2.resize(astronaut[20:220, 160:360], (200, 200))
+    rows, names = ["name,age,gender,race,datetime"], []
+    for i, (race, gender) in enumerate([(0, 0), (0, 1), (1, 0), (2, 1), (1, 1)]):
+        name = f"{30 + i}_{gender}_{race}_2017.jpg.chip.jpg"
+        cv2.imwrite(str(tmp_path / "images" / name), face[:, :, ::-1])
+        rows.append(f"{name},{30 + i},{gender},{race},2017")
+        names.append(name)
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    # A plausible 68-point layout: the model's mean-face landmarks mapped into the 200 px image.
+    with torch.no_grad():
+        lmk = tiny_model(torch.zeros(1, 3, 64, 64)).landmarks_2d[0].numpy() * (120 / 64) + 40
+    labels = np.repeat(lmk[None], 5, axis=0).astype(np.float32)
+    found = np.array([True, True, True, True, False])  # the last face was not labelled
+    np.savez(tmp_path / "labels.npz", names=np.array(names), landmarks=labels, found=found)
+    fair = evaluate_fairness(tiny_model, tmp_path, tmp_path / "labels.npz", with_detection=False)
+    assert fair["all"]["n"] == 4 and fair["race"]["white"]["n"] == 2 and fair["race"]["black"]["n"] == 1
+    assert fair["race"]["black"]["not_labelled"] == 1 and fair["race"]["indian"]["n"] == 0
+    white = [p["nme"] for p in fair["per_face"] if p["race"] == "white"]
+    assert fair["race"]["white"]["nme"] == pytest.approx(np.mean(white))
+    # Identical images and labels: every face gets the same NME, so the race gap is 0.
+    assert all(p["nme"] == pytest.approx(white[0]) for p in fair["per_face"]) and fair["race_nme_gap"] < 1e-9
+    assert 0 < white[0] < 1 and math.isnan(fair["all"]["detection_rate"])
+    assert "| race: white | 2 |" in fairness_table(fair)

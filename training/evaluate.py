@@ -252,6 +252,101 @@ def synthetic_vertex_error(model: Any, n: int = 64, seed: int = 1234) -> dict[st
     return {"vertex_error_mm": float(e.mean()), "n": int(e.numel())}
 
 
+#: iBUG points compared in the fairness slice: brows, nose, eyes, mouth (MediaPipe's jaw follows the outline).
+INNER_POINTS = tuple(range(17, 68))
+
+
+def default_pseudo_labels() -> Path:
+    """Where ``training/pseudo_label.py`` is told to write the UTKFace pseudo-labels (in the facerecon cache)."""
+    from facerecon.morphable.ict import cache_dir
+
+    return cache_dir() / "pseudo" / "utkface_mediapipe.npz"
+
+
+def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path, batch_size: int = 64,
+                      limit: int | None = None, with_detection: bool = True) -> dict[str, Any]:
+    """Landmark NME, SSIM and detection rate per UTKFace race group (and gender) against MediaPipe pseudo-labels.
+
+    UTKFace is never used for training. Each face is cropped as in the AFLW2000-3D protocol, from the box of its 68
+    pseudo-label points; the NME averages the 51 inner points (:data:`INNER_POINTS`) and is normalised by sqrt(w * h)
+    of the 68 points' box. Faces MediaPipe did not find are left out (their share is reported per group).
+    """
+    from facerecon.geometry import box_from_points, crop_to_image
+    from facerecon.inference.crop import crop_face
+    from facerecon.inference.detect import FaceDetector
+    from facerecon.inference.image_io import load_image
+    from training.data import UTK_RACES
+    from training.losses import render_prediction
+
+    utk_dir = Path(utk_dir)
+    labels = np.load(pseudo_labels)
+    by_name = {str(n): (pts, bool(f)) for n, pts, f in zip(labels["names"], labels["landmarks"], labels["found"],
+                                                           strict=True)}
+    with open(utk_dir / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if limit:
+        rows = rows[:limit]
+    size, scale = model.config.input_size, model.config.crop_scale
+    detector = FaceDetector() if with_detection else None
+    per_face, missing = [], {r: 0 for r in UTK_RACES}
+    labelled = [(r, by_name[r["name"]][0]) for r in rows if r["name"] in by_name and by_name[r["name"]][1]]
+    for r in rows:
+        if r["name"] not in by_name or not by_name[r["name"]][1]:
+            missing[UTK_RACES[int(r["race"])]] += 1
+    for start in range(0, len(labelled), batch_size):
+        chunk = labelled[start:start + batch_size]
+        imgs = [load_image(utk_dir / "images" / r["name"]) for r, _ in chunk]
+        gts = np.stack([pts.astype(np.float64) for _, pts in chunk])
+        boxes = box_from_points(torch.from_numpy(gts), scale).numpy()
+        x = torch.from_numpy(np.stack([crop_face(im, b, size) for im, b in zip(imgs, boxes, strict=True)]))
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        with torch.inference_mode():
+            out = model(x)
+            lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
+            rend = render_prediction(out, model, size)
+            smap = ssim_map(rend.image, x)
+            ssim = ((smap * rend.mask).sum((1, 2, 3)) / rend.mask.sum((1, 2, 3)).clamp_min(1)).tolist()
+        for k, (row, _) in enumerate(chunk):
+            gt = gts[k]
+            w, h = gt.max(0) - gt.min(0)
+            err = np.linalg.norm(lmk[k, list(INNER_POINTS)] - gt[list(INNER_POINTS)], axis=1).mean()
+            hit = float("nan")
+            if detector is not None:
+                cx, cy = 0.5 * (gt.min(0) + gt.max(0))
+                hit = float(any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in detector(imgs[k])))
+            per_face.append({"name": row["name"], "race": UTK_RACES[int(row["race"])],
+                             "gender": ("male", "female")[int(row["gender"])],
+                             "nme": float(err / math.sqrt(max(w * h, 1e-6))), "ssim": ssim[k], "detected": hit})
+
+    def summary(faces: list[dict[str, Any]]) -> dict[str, float]:
+        nmes = np.array([p["nme"] for p in faces])
+        det = [p["detected"] for p in faces if math.isfinite(p["detected"])]
+        return {"n": len(faces), "nme": float(nmes.mean()) if len(nmes) else float("nan"),
+                "nme_median": float(np.median(nmes)) if len(nmes) else float("nan"),
+                "nme_sem": float(nmes.std(ddof=1) / math.sqrt(len(nmes))) if len(nmes) > 1 else float("nan"),
+                "ssim": float(np.mean([p["ssim"] for p in faces])) if faces else float("nan"),
+                "detection_rate": float(np.mean(det)) if det else float("nan")}
+
+    races = {r: {**summary([p for p in per_face if p["race"] == r]), "not_labelled": missing[r]} for r in UTK_RACES}
+    genders = {g: summary([p for p in per_face if p["gender"] == g]) for g in ("male", "female")}
+    group_nme = [v["nme"] for v in races.values() if v["n"]]
+    return {"labels": "MediaPipe Face Landmarker pseudo-labels (51 inner points)", "all": summary(per_face),
+            "race": races, "gender": genders, "race_nme_gap": float(max(group_nme) - min(group_nme)),
+            "race_nme_ratio": float(max(group_nme) / min(group_nme)), "per_face": per_face}
+
+
+def fairness_table(fair: dict[str, Any]) -> str:
+    """Per-group results of :func:`evaluate_fairness` as a markdown table."""
+    lines = ["| group | n | NME inner 51 (%) | +/- s.e. | SSIM | detection |", "|---|---:|---:|---:|---:|---:|"]
+    groups = [("all", fair["all"])] + [(f"race: {k}", v) for k, v in fair["race"].items()] + \
+             [(f"gender: {k}", v) for k, v in fair["gender"].items()]
+    for name, v in groups:
+        det = f"{100 * v['detection_rate']:.1f}%" if math.isfinite(v["detection_rate"]) else "-"
+        lines.append(f"| {name} | {v['n']} | {100 * v['nme']:.2f} | {100 * v['nme_sem']:.2f} | {v['ssim']:.3f} | "
+                     f"{det} |")
+    return "\n".join(lines)
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """The summary as a markdown table."""
     b = results["aflw2000"]["nme_bins"]
@@ -284,9 +379,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--limit", type=int, default=None, help="use the first N images")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("detection", "ssim", "synthetic", "timing"),
-                        help="parts to skip")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=("detection", "ssim", "synthetic", "timing", "fairness"), help="parts to skip")
     parser.add_argument("--synthetic", type=int, default=64, help="number of synthetic faces")
+    parser.add_argument("--fairness-data", type=Path, default=None,
+                        help="UTKFace folder for the per-group slice (default: ../shared/utkface when present)")
+    parser.add_argument("--pseudo-labels", type=Path, default=None,
+                        help="pseudo-landmarks of training/pseudo_label.py (default: in the facerecon cache)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -303,8 +402,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["synthetic"] = synthetic_vertex_error(model, n=args.synthetic)
     if "timing" not in args.skip:
         results["timing"] = timing(model, items)
+    if "fairness" not in args.skip:
+        utk = args.fairness_data or Path(__file__).resolve().parents[1].parent / "shared" / "utkface"
+        labels = args.pseudo_labels or default_pseudo_labels()
+        if utk.is_dir() and labels.is_file():
+            results["fairness"] = evaluate_fairness(model, utk, labels, limit=args.limit,
+                                                    with_detection="detection" not in args.skip)
+        else:
+            logger.warning("fairness slice skipped: needs %s and %s (make the labels with training/pseudo_label.py)",
+                           utk, labels)
     table = markdown_table(results)
     print(table)
+    if "fairness" in results:
+        print()
+        print(fairness_table(results["fairness"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
