@@ -20,13 +20,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def render_card(ev: dict[str, Any], train: dict[str, Any], command: str) -> str:
-    """The card text."""
+def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
+                model_config: dict[str, Any] | None = None) -> str:
+    """The card text (``model_config``: the model folder's config.json; else the training config's ``model``)."""
     a = ev["aflw2000"]
     bins = a["nme_bins"]
     pose = a["pose_mae_deg"]
     cfg = train.get("config", {})
-    model_cfg = cfg.get("model", {})
+    model_cfg = model_config or cfg.get("model", {})
     metrics = [
         {"type": "nme", "name": "NME balanced (%), 68 points, AFLW2000-3D dev",
          "value": round(100 * a["nme_balanced"], 3)},
@@ -44,7 +45,7 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str) -> str:
         "pipeline_tag": "image-to-3d",
         "tags": ["3d-face-reconstruction", "3dmm", "face-alignment", "head-pose-estimation", "ict-facekit", "timm",
                  "pytorch_model_hub_mixin"],
-        "datasets": ["300-W (AFW, HELEN)", "AFLW", "AFLW2000-3D (evaluation only)"],
+        "datasets": ["300-W (AFW, HELEN)", "AFLW", "AFLW2000-3D (evaluation only)", "UTKFace (evaluation only)"],
         "model-index": [{
             "name": "facerecon-default",
             "results": [{
@@ -138,8 +139,9 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str) -> str:
         "",
         "## Training data and licences",
         "",
-        "- 300-W (AFW + HELEN) and AFLW face crops with landmarks, and UTKFace: **research and non-commercial use "
-        "only**. The weights were trained on them; check whether that is compatible with your use.",
+        "- 300-W (AFW + HELEN) and AFLW face crops with landmarks: **research and non-commercial use only**. The "
+        "weights were trained on them; check whether that is compatible with your use.",
+        "- UTKFace (research and non-commercial use only): used only for the fairness slice, never for training.",
         "- AFLW2000-3D: used only to evaluate (the development split); never to train or tune.",
         "- The bundled albedo model was learned by facerecon's own script from 300-W / AFLW faces (no images are "
         "stored in it).",
@@ -154,12 +156,52 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str) -> str:
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
         "face-like patterns; pass a box to `reconstruct` when you have one.",
         "- Occlusions (hands, masks, sunglasses) were only simulated in training.",
-        "- Skin tones and fairness: the training photos are mostly of light-skinned adults; no per-group landmark "
-        "accuracy has been measured yet (UTKFace has no landmarks). Expect lower accuracy on under-represented groups.",
+        _fairness_limitation(ev.get("fairness")),
         "- Weak perspective camera: no absolute depth or focal length.",
         "",
     ]
+    if ev.get("fairness"):
+        lines += _fairness_section(ev["fairness"])
     return "\n".join(lines)
+
+
+def _fairness_limitation(fair: dict[str, Any] | None) -> str:
+    if not fair:
+        return ("- Skin tones and fairness: the training photos are mostly of light-skinned adults; no per-group "
+                "accuracy has been measured for this card. Expect lower accuracy on under-represented groups.")
+    races = {k: v for k, v in fair["race"].items() if v["n"]}
+    worst = max(races, key=lambda k: races[k]["nme"])
+    best = min(races, key=lambda k: races[k]["nme"])
+    return (f"- Skin tones and fairness: the training photos are mostly of light-skinned adults. On UTKFace (never "
+            f"used in training) the inner-landmark NME ranges from {_pct(races[best]['nme'])}% ({best}) to "
+            f"{_pct(races[worst]['nme'])}% ({worst}), a ratio of {fair['race_nme_ratio']:.2f}; see the fairness "
+            "slice below. Groups are small (UTKFace's labels, 5,000-photo subset) and the reference points are "
+            "another model's (MediaPipe), so treat small gaps as noise.")
+
+
+def _fairness_section(fair: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Fairness slice (measured)",
+        "",
+        "UTKFace aligned photos (research-only; never used for training), per race group and gender as labelled by "
+        "UTKFace. Reference landmarks are MediaPipe Face Landmarker points mapped to the iBUG layout "
+        "(`training/pseudo_label.py`); the NME averages the 51 inner points (brows, nose, eyes, mouth; MediaPipe's "
+        "jaw follows the visible outline) normalised by sqrt(w h) of the 68 points' box, the crop comes from that "
+        "box as in the AFLW2000-3D protocol. SSIM compares the re-rendered face with the photo inside the face mask; "
+        "detection is the Haar detector on the 200x200 photo.",
+        "",
+        "| group | n | NME inner 51 (%) | +/- s.e. | SSIM | detection |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    groups = [("all", fair["all"])] + [(f"race: {k}", v) for k, v in fair["race"].items()] + \
+        [(f"gender: {k}", v) for k, v in fair["gender"].items()]
+    for name, v in groups:
+        if not v["n"]:
+            continue
+        det = f"{100 * v['detection_rate']:.1f}%" if v["detection_rate"] == v["detection_rate"] else "-"
+        lines.append(f"| {name} | {v['n']} | {_pct(v['nme'])} | {_pct(v['nme_sem'])} | {v['ssim']:.3f} | {det} |")
+    lines.append("")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     ev = json.loads(args.eval.read_text())
     train_file = args.model / "training.json"
     train = json.loads(train_file.read_text()) if train_file.is_file() else {}
-    card = render_card(ev, train, args.command)
+    config_file = args.model / "config.json"
+    model_config = json.loads(config_file.read_text()) if config_file.is_file() else None
+    card = render_card(ev, train, args.command, model_config)
     args.out.write_text(card)
     (args.model / "README.md").write_text(card)
     print(f"wrote {args.out} and {args.model / 'README.md'}")
