@@ -163,3 +163,27 @@ def test_two_process_gloo_training(ict_dir, tmp_path):
     shards = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
     assert shards[0] and shards[1] and not shards[0] & shards[1]
     assert len(shards[0] | shards[1]) == 16
+
+
+def test_pose_loss_analytic_and_masked():
+    import math
+
+    from facerecon.geometry import euler_to_matrix
+    from training.losses import pose_loss
+
+    theta = 0.3
+    r = euler_to_matrix(torch.tensor([[0.0, 0.0, theta], [0.0, 0.0, 0.0]]))
+    eye = torch.eye(3).expand(2, 3, 3)
+    assert pose_loss(r, eye, torch.tensor([True, False])).item() == pytest.approx(
+        2 * math.sqrt(2) * math.sin(theta / 2), rel=1e-5)
+    assert pose_loss(r, eye, torch.tensor([False, False])).item() == 0.0
+
+
+def test_mix_batches_carries_rotations(tiny_model):
+    from training.synthetic import SyntheticFaces, mix_batches
+
+    synth = SyntheticFaces(tiny_model, seed=0, pitch_std=20.0).batch(2, index=0)
+    real = {"image": torch.zeros(3, 3, 64, 64), "landmarks": torch.zeros(3, 71, 2), "weights": torch.zeros(3, 71)}
+    mixed = mix_batches(real, synth)
+    assert mixed["rotation"].shape == (5, 3, 3) and torch.equal(mixed["rotation"][:3], torch.eye(3).expand(3, 3, 3))
+    assert torch.equal(mixed["rotation"][3:], synth["rotation"]) and mixed["has_vertices"].tolist() == [0, 0, 0, 1, 1]

@@ -17,6 +17,7 @@ class LossWeights:
     """Weights of the terms of L_total = L_recon + alpha L_perceptual + beta L_reg + landmark + photometric."""
 
     recon: float = 0.005  # per mm: 1 mm is about 0.4% of the default crop
+    pose: float = 0.0  # chordal rotation distance, on samples with 3D ground truth (synthetic)
     landmark: float = 1.0
     photometric: float = 0.0
     perceptual: float = 0.0  # alpha
@@ -41,6 +42,7 @@ class TrainConfig:
         sources: real data sources to train on.
         jaw_turned_weight: loss weight of the 300-W jaw points of turned faces (they follow the visible outline,
             not the 3D contour of synthetic faces and AFLW2000-3D); also applied to the validation split.
+        synthetic_pitch_std: pitch spread of the synthetic faces (degrees).
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
         batch_size: global batch per optimisation step (split over processes and accumulation steps).
         grad_accum: gradient-accumulation steps.
@@ -62,6 +64,7 @@ class TrainConfig:
     sources: list[str] = field(default_factory=lambda: ["300w", "aflw"])
     synthetic_fraction: float = 0.0
     jaw_turned_weight: float = 0.5
+    synthetic_pitch_std: float = 12.0
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 1e-3

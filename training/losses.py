@@ -64,6 +64,24 @@ def vertex_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     return (dist * m).sum() / m.sum().clamp_min(1.0)
 
 
+def pose_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Chordal rotation distance ``||R_pred - R_gt||_F`` averaged over the samples with ground truth.
+
+    Args:
+        pred: (B, 3, 3) predicted rotations.
+        target: (B, 3, 3) ground-truth rotations.
+        mask: optional (B,) bool, True where ``target`` is known.
+
+    Returns:
+        Scalar (0 when no sample has ground truth). ``2 sqrt(2) sin(theta / 2)`` for a rotation error of theta.
+    """
+    d = (pred - target).flatten(1).norm(dim=1)
+    if mask is None:
+        return d.mean()
+    m = mask.to(d.dtype)
+    return (d * m).sum() / m.sum().clamp_min(1.0)
+
+
 def photometric_loss(rendered: torch.Tensor, photo: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Skin-masked photometric loss: weighted mean Euclidean RGB distance between render and photo.
 
@@ -108,7 +126,7 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
     Args:
         out: model output (with the dense mesh when a photometric, perceptual or vertex term is on).
         batch: ``image`` (B, 3, S, S), ``landmarks`` (B, 71, 2), ``weights`` (B, 71), optionally ``vertices``
-            (B, N, 3) and ``has_vertices`` (B,) for samples with 3D ground truth.
+            (B, N, 3), ``rotation`` (B, 3, 3) and ``has_vertices`` (B,) for samples with 3D ground truth.
         weights: loss weights.
         crop_size: input crop side.
         extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
@@ -128,6 +146,9 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
     if "vertices" in batch and weights.recon > 0 and out.vertices is not None:
         parts["recon"] = vertex_loss(out.vertices, batch["vertices"], batch.get("has_vertices"))
         total = total + weights.recon * parts["recon"]
+    if "rotation" in batch and weights.pose > 0:
+        parts["pose"] = pose_loss(out.params.rotation, batch["rotation"], batch.get("has_vertices"))
+        total = total + weights.pose * parts["pose"]
     if weights.photometric > 0 or weights.perceptual > 0:
         if model is None or out.vertices is None:
             raise ValueError("photometric / perceptual terms need the dense mesh and the model")

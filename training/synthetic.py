@@ -52,12 +52,16 @@ class SyntheticFaces:
         backgrounds: optional (M, S, S, 3) uint8 background images; by default patches are cut from the corners of
             the 300-W crops in the data root (or smooth random gradients when those are absent).
         yaw_max: largest |yaw| in degrees.
+        pitch_std: standard deviation of the pitch in degrees (clipped at +/- 2.5 sigma, at most 60).
     """
 
     def __init__(self, model: Any, seed: int = 0, backgrounds: np.ndarray | None = None,
-                 yaw_max: float = 90.0) -> None:
+                 yaw_max: float = 90.0, pitch_std: float = 12.0) -> None:
+        if pitch_std < 0:
+            raise ValueError(f"pitch_std must be >= 0, got {pitch_std}")
         self.model = model
         self.seed = seed
+        self.pitch_std = pitch_std
         self.size = model.config.input_size
         self.yaw_max = yaw_max
         faces = model.morphable.faces.cpu().numpy()
@@ -107,7 +111,8 @@ class SyntheticFaces:
         expression[:, jaw] = (rng.random(n) < 0.3) * rng.uniform(0, 0.6, n)
         frontal = rng.random(n) < 0.5
         yaw = np.where(frontal, rng.uniform(-30, 30, n), rng.uniform(-self.yaw_max, self.yaw_max, n))
-        pitch = np.clip(rng.normal(0, 12, n), -40, 40)
+        pitch_max = min(60.0, 2.5 * self.pitch_std)
+        pitch = np.clip(rng.normal(0, self.pitch_std, n), -pitch_max, pitch_max)
         roll = np.clip(rng.normal(0, 10, n), -35, 35)
         angles = torch.from_numpy(np.radians(np.stack([yaw, pitch, roll], 1))).float()
         scale = float(m.scale_prior) * rng.uniform(0.85, 1.15, n)
@@ -128,7 +133,8 @@ class SyntheticFaces:
         Returns:
             ``image`` (n, 3, S, S) in [0, 1]; ``landmarks`` (n, 71, 2) crop pixels and ``weights`` (n, 71) (every
             point, self-occluded ones at their projected 3D position as in AFLW2000-3D); ``vertices`` (n, N, 3)
-            camera frame mm; ``shape`` (n, N, 3) model frame mm; ``has_vertices`` (n,) True; ``yaw`` (n,) degrees.
+            camera frame mm; ``shape`` (n, N, 3) model frame mm; ``has_vertices`` (n,) True; ``rotation`` (n, 3, 3)
+            model-to-camera rotation; ``yaw`` (n,) degrees.
         """
         rng = np.random.default_rng([self.seed, index, n])
         params = self.sample_params(n, rng)
@@ -161,16 +167,21 @@ class SyntheticFaces:
         landmarks = extend_landmarks(out.landmarks_2d)
         return {"image": image, "landmarks": landmarks, "weights": torch.ones(n, landmarks.shape[1]),
                 "vertices": out.vertices, "shape": out.shape, "has_vertices": torch.ones(n, dtype=torch.bool),
-                "yaw": torch.rad2deg(out.euler[:, 0])}
+                "rotation": params.rotation, "yaw": torch.rad2deg(out.euler[:, 0])}
 
 
 def mix_batches(real: dict[str, torch.Tensor], synthetic: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Concatenate a real and a synthetic batch (real samples get zero vertices and ``has_vertices`` False)."""
+    """Concatenate a real and a synthetic batch.
+
+    Real samples get zero vertices, identity rotations and ``has_vertices`` False (no 3D ground truth).
+    """
     n_real = real["image"].shape[0]
     out = {k: torch.cat([real[k], synthetic[k].to(real[k].dtype)]) for k in ("image", "landmarks", "weights")}
     verts = synthetic["vertices"]
     out["vertices"] = torch.cat([verts.new_zeros((n_real, *verts.shape[1:])), verts])
     out["has_vertices"] = torch.cat([torch.zeros(n_real, dtype=torch.bool), synthetic["has_vertices"]])
+    rot = synthetic["rotation"]
+    out["rotation"] = torch.cat([torch.eye(3, dtype=rot.dtype).expand(n_real, 3, 3), rot])
     return out
 
 
