@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -206,3 +207,32 @@ def test_deepcopy_and_pickle_after_use(tiny_model, astronaut):
         with torch.no_grad():
             out = clone(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
         assert torch.equal(out.normals, ref.normals) and torch.equal(out.vertices, ref.vertices)
+
+
+def test_batchnorm_folding_matches_and_tracks_weight_updates(tiny_model, astronaut):
+    from facerecon.inference.pipeline import Reconstructor
+    from facerecon.models.fuse import fold_batchnorm
+
+    fused, n = fold_batchnorm(tiny_model.backbone)
+    assert n > 0 and not any(type(m) is torch.nn.BatchNorm2d for m in fused.modules())
+    assert any(type(m) is torch.nn.BatchNorm2d for m in tiny_model.backbone.modules())  # the original is untouched
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(fused(x), tiny_model.backbone(x), atol=1e-5)
+    box = [170.0, 30.0, 300.0, 180.0]
+    ref = Reconstructor(tiny_model, fuse=False)(astronaut, box=box)[0]
+    rec = Reconstructor(tiny_model)
+    got = rec(astronaut, box=box)[0]
+    assert np.abs(ref.vertices - got.vertices).max() < 1e-3 and np.abs(ref.landmarks - got.landmarks).max() < 1e-3
+    first = rec._fused[2]
+    rec(astronaut, box=box)
+    assert rec._fused[2] is first  # reused while the weights are unchanged
+    saved = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            tiny_model.backbone.fuse[0].weight.mul_(1.5)  # an in-place update, as an optimiser step does
+        changed = rec(astronaut, box=box)[0]
+        expected = Reconstructor(tiny_model, fuse=False)(astronaut, box=box)[0]
+        assert rec._fused[2] is not first and np.abs(changed.vertices - expected.vertices).max() < 1e-3
+    finally:
+        tiny_model.load_state_dict(saved)

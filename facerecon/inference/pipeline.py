@@ -133,15 +133,19 @@ class Reconstructor:
         detection_shift: downward shift of the crop centre in units of the detector box height.
         backend: "torch", or "onnx" to run the regressor with onnxruntime (the mesh is still decoded in torch).
         onnx_path: the exported regressor for the ONNX backend (default: exported once into the cache).
+        fuse: with the torch back-end, run a BatchNorm-folded copy of the backbone (same outputs to ~1e-5, about
+            a fifth faster on the CPU); it is rebuilt when the model's backbone weights change.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
                  detection_scale: float = 1.45, detection_shift: float = 0.13, backend: str = "torch",
-                 onnx_path: str | os.PathLike | None = None) -> None:
+                 onnx_path: str | os.PathLike | None = None, fuse: bool = True) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model.eval()
         self.backend = backend
+        self.fuse = fuse
+        self._fused: tuple[int, torch.device, torch.nn.Module] | None = None
         self._onnx = None
         if backend == "onnx":
             from facerecon.inference.onnx_backend import OnnxRegressor, cached_onnx_path
@@ -174,11 +178,28 @@ class Reconstructor:
 
     def forward(self, crops: torch.Tensor, landmarks_only: bool = False) -> FaceReconOutput:
         """Run the regressor of the chosen back-end on (B, 3, S, S) crops in [0, 1] and decode (no gradients)."""
-        with torch.inference_mode():
-            if self._onnx is not None:
+        if self._onnx is not None:
+            with torch.inference_mode():
                 params, attention = self._onnx(crops)
                 return self.model.decode(params, attention=attention, landmarks_only=landmarks_only)
-            return self.model(crops, landmarks_only=landmarks_only)
+        backbone = self._fused_backbone()  # built outside inference mode: its tensors are ordinary ones
+        with torch.inference_mode():
+            return self.model(crops, landmarks_only=landmarks_only, backbone=backbone)
+
+    def _fused_backbone(self) -> torch.nn.Module | None:
+        """The BatchNorm-folded backbone copy (rebuilt when the weights or the device change), or None."""
+        if not self.fuse:
+            return None
+        from facerecon.models.fuse import fold_batchnorm, parameter_version
+
+        backbone = self.model.backbone
+        version, device = parameter_version(backbone), next(backbone.parameters()).device
+        with self._lock:
+            if self._fused is None or self._fused[:2] != (version, device):
+                fused, n = fold_batchnorm(backbone)
+                logger.debug("folded %d BatchNorm layers of the backbone", n)
+                self._fused = (version, device, fused)
+            return self._fused[2]
 
     def regress(self, image: np.ndarray, boxes: np.ndarray,
                 landmarks_only: bool = False) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:

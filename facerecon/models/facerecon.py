@@ -243,12 +243,15 @@ class FaceRecon(
                                normals=normals, landmarks_3d=landmarks_3d, landmarks_2d=landmarks_2d, albedo=albedo,
                                colors=colors, attention=attention)
 
-    def forward(self, images: torch.Tensor, landmarks_only: bool = False) -> FaceReconOutput:
+    def forward(self, images: torch.Tensor, landmarks_only: bool = False,
+                backbone: nn.Module | None = None) -> FaceReconOutput:
         """Reconstruct faces from crops.
 
         Args:
             images: (B, 3, S, S) RGB face crops in [0, 1], S = ``config.input_size``.
             landmarks_only: skip the dense mesh (see :meth:`decode`).
+            backbone: run this feature extractor instead of ``self.backbone`` (the inference pipeline passes a
+                BatchNorm-folded copy, see :mod:`facerecon.models.fuse`).
 
         Returns:
             :class:`FaceReconOutput`.
@@ -256,7 +259,7 @@ class FaceRecon(
         size = self.config.input_size
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        tokens, attention = self.head(self.backbone(images))
+        tokens, attention = self.head((backbone or self.backbone)(images))
         return self.decode(self.regress(tokens), attention=attention, landmarks_only=landmarks_only)
 
     # ------------------------------------------------------------------ inference helpers
