@@ -80,7 +80,7 @@ def peak_rss_mb() -> float:
 
 
 def run(model_source: str | None, data: Path | None, n_images: int, threads: int, backends: Sequence[str],
-        batch: int = 32) -> dict[str, Any]:
+        batch: int = 32, onnx_threads: int | None = None) -> dict[str, Any]:
     """Time every stage for each back-end; returns the results dict (see the module docstring)."""
     from facerecon.hub import load_model
     from facerecon.inference.crop import crop_face
@@ -106,7 +106,7 @@ def run(model_source: str | None, data: Path | None, n_images: int, threads: int
 
     tmp = Path(tempfile.mkdtemp(prefix="facerecon-latency-"))
     for backend in backends:
-        rec = Reconstructor(model, backend=backend)
+        rec = Reconstructor(model, backend=backend, onnx_threads=onnx_threads)
         add("forward", backend, time_each(lambda x, r=rec: r.forward(x, landmarks_only=True), crops))
         add("forward + mesh", backend, time_each(rec.forward, crops))
         xb = torch.cat([crops[i % len(crops)] for i in range(batch)])
@@ -121,7 +121,7 @@ def run(model_source: str | None, data: Path | None, n_images: int, threads: int
     add("export GLB (textured)", "-", time_each(lambda f: f.export(tmp / "face_tex.glb", texture=True), faces))
     return {
         "model": model_source or "bundled default", "photos": source, "photos_with_face": len(kept),
-        "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "threads": threads, "onnx_threads": onnx_threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "rows": rows, "peak_rss_mb": peak_rss_mb(),
@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"])
+    ap.add_argument("--onnx-threads", type=int, default=None, help="onnxruntime threads (default: one per core)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    res = run(args.model, args.data, args.images, args.threads, args.backend)
+    res = run(args.model, args.data, args.images, args.threads, args.backend, onnx_threads=args.onnx_threads)
     print(markdown(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

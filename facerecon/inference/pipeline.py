@@ -133,13 +133,15 @@ class Reconstructor:
         detection_shift: downward shift of the crop centre in units of the detector box height.
         backend: "torch", or "onnx" to run the regressor with onnxruntime (the mesh is still decoded in torch).
         onnx_path: the exported regressor for the ONNX backend (default: exported once into the cache).
+        onnx_threads: onnxruntime intra-op threads (None: one per core).
         fuse: with the torch back-end, run a BatchNorm-folded copy of the backbone (same outputs to ~1e-5, about
             a fifth faster on the CPU); it is rebuilt when the model's backbone weights change.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
                  detection_scale: float = 1.45, detection_shift: float = 0.13, backend: str = "torch",
-                 onnx_path: str | os.PathLike | None = None, fuse: bool = True) -> None:
+                 onnx_path: str | os.PathLike | None = None, fuse: bool = True,
+                 onnx_threads: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model.eval()
@@ -150,7 +152,7 @@ class Reconstructor:
         if backend == "onnx":
             from facerecon.inference.onnx_backend import OnnxRegressor, cached_onnx_path
 
-            self._onnx = OnnxRegressor(onnx_path or cached_onnx_path(model))
+            self._onnx = OnnxRegressor(onnx_path or cached_onnx_path(model), threads=onnx_threads)
         self._detector = detector
         self._lock = threading.Lock()
         self.refine_steps = refine_steps
