@@ -137,6 +137,7 @@ def test_train_resume_reproduces_next_step(ict_dir, tmp_path):
 
     full = train(_tiny_cfg(tmp_path / "a", "max_steps=4", "save_every=2", "val_every=4"))
     assert full["steps"] == 4 and (tmp_path / "a" / "best" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "a" / "final" / "training.json").read_text())["step"] == 4
     assert math.isfinite(full["best_val_nme"])
     ckpt = tmp_path / "a" / "checkpoints" / "step_0000002"
     assert (ckpt / "meta.json").is_file()

@@ -53,7 +53,10 @@ class TrainConfig:
         val_every: validate every this many steps (0: once per epoch).
         patience: early stopping after this many validations without improvement (0 disables).
         save_every: checkpoint (accelerate save_state) every this many steps.
-        output_dir: run folder (checkpoints/, best/, logs/).
+        output_dir: run folder (checkpoints/, best/ = best validation NME, final/ = end of the schedule, logs/).
+        push_to_hub: repo id to publish to at the end (None: don't).
+        publish: which weights ``push_to_hub`` publishes: "best" (validation NME) or "final". The own
+            300-W / AFLW validation split does not track AFLW2000-3D well, so the final weights can be better.
         threads: CPU threads per process (0: all cores divided among the processes; `accelerate launch` would
             otherwise leave OMP_NUM_THREADS=1).
         seed, workers, log_every, val_limit: misc.
@@ -88,6 +91,7 @@ class TrainConfig:
     augment: bool = True
     loss: LossWeights = field(default_factory=LossWeights)
     push_to_hub: str | None = None
+    publish: str = "best"
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
@@ -101,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise ValueError("batch_size, grad_accum and max_steps must be >= 1")
+        if self.publish not in ("best", "final"):
+            raise ValueError(f"publish must be 'best' or 'final', got {self.publish!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.jaw_turned_weight < 0:

@@ -307,16 +307,19 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
         else:
             epoch += 1
     bar.close()
-    accelerator.wait_for_everyone()
-    summary = {"best_val_nme": best, "steps": step, "best_dir": str(out_dir / "best"), "history": history,
-               "train_losses": train_losses,
+    last_val = history[-1]["val_nme"] if history else float("nan")
+    # The weights at the end of the schedule (the own validation split is not the benchmark: see `publish`).
+    _save_best(accelerator, model, out_dir / "final", cfg, step, {"nme": last_val})
+    summary = {"best_val_nme": best, "final_val_nme": last_val, "steps": step, "best_dir": str(out_dir / "best"),
+               "final_dir": str(out_dir / "final"), "history": history, "train_losses": train_losses,
                "images_per_s": seen / max(time.time() - t0, 1e-6)}
     if accelerator.is_main_process:
         state_file.write_text(json.dumps(summary, indent=1))
-        if cfg.push_to_hub and (out_dir / "best").is_dir():
+        publish = out_dir / cfg.publish
+        if cfg.push_to_hub and publish.is_dir():
             from facerecon.models.facerecon import FaceRecon
 
-            FaceRecon.from_pretrained(out_dir / "best", strict=True).push_to_hub(cfg.push_to_hub)
+            FaceRecon.from_pretrained(publish, strict=True).push_to_hub(cfg.push_to_hub)
     accelerator.end_training()
     if return_model:
         summary["model"] = accelerator.unwrap_model(model)
