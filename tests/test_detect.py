@@ -215,3 +215,20 @@ def test_aflw2000_dev_detection_rate(detector):
     assert len(picks["frontal"]) == 40
     assert rates["frontal"] >= 0.9, rates
     assert rates["turned"] >= 0.7, rates  # measured ~0.9 on all 174 dev images with yaw 30-90
+
+
+def test_face_filling_the_frame_found_by_padded_search(detector, astronaut):
+    """A tight crop (the face fills the frame, as in aligned-face data sets) is found only on a padded copy."""
+    import cv2
+
+    f = detector(astronaut)[0]
+    m = 0.15
+    crop = astronaut[int(f.y0 + m * f.height):int(f.y1 - m * f.height), int(f.x0 + m * f.width):int(f.x1 - m * f.width)]
+    tight = cv2.resize(np.ascontiguousarray(crop), (200, 200), interpolation=cv2.INTER_CUBIC)
+    assert FaceDetector(pad_fraction=0.0)(tight) == []
+    faces = detector(tight)
+    assert len(faces) == 1
+    # Boxes are in the coordinates of the unpadded image: centred on the crop, about its size.
+    assert _near(faces[0].center, (99.5, 99.5), 25) and 150 <= faces[0].width <= 300
+    with pytest.raises(ValueError, match="pad_fraction"):
+        FaceDetector(pad_fraction=1.5)

