@@ -114,8 +114,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "",
         "## Training",
         "",
-        f"- Steps: {train.get('step', '?')}, best validation NME (own 300-W + AFLW validation split, visible points, "
-        f"normalised by their box): {train.get('val', {}).get('nme', float('nan')):.4f}.",
+        f"- Steps (last stage): {train.get('step', '?')}, validation NME (own 300-W + AFLW validation split, visible "
+        f"points, normalised by their box): {train.get('val', {}).get('nme', float('nan')):.4f}.",
         f"- Data: {', '.join(cfg.get('sources', []))} (deterministic 70/15/15 split, duplicates grouped), "
         f"synthetic share {cfg.get('synthetic_fraction', 0)}; augmentation: rotation, translation, scale, flip with "
         "the landmark mirror map, colour jitter, blur, JPEG, synthetic occlusions (sunglasses, masks, hands).",
@@ -123,8 +123,9 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"steps, batch {cfg.get('batch_size')}, gradient clipping {cfg.get('grad_clip')}; trained on 2 CPU cores.",
         "- Losses: " + ", ".join(f"{k} {v}" for k, v in cfg.get("loss", {}).items() if isinstance(v, int | float)
                                  and v),
+        *([f"- History: {train['history']}"] if train.get("history") else []),
         "- Reproduce: see `training/configs/` and the command above; `training.json` in the model folder holds the "
-        "full configuration.",
+        "full configuration and the commands of every stage.",
         "",
         "## Intended use",
         "",
@@ -151,8 +152,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "",
         "## Limitations",
         "",
-        "- Trained from scratch on about 8,000 real faces on a CPU in about an hour: accuracy is well below "
-        "published GPU-trained models, especially beyond 60 degrees of yaw.",
+        "- Trained from scratch (no ImageNet weights could be downloaded) on about 8,000 real faces plus synthetic "
+        "renders, on 2 CPU cores for about 2.5 hours in all: accuracy is well below published GPU-trained models, "
+        "especially beyond 60 degrees of yaw, and pitch is under-estimated (it changes the 2D landmarks little under "
+        "a weak-perspective camera).",
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
         "face-like patterns; pass a box to `reconstruct` when you have one.",
         "- Occlusions (hands, masks, sunglasses) were only simulated in training.",
