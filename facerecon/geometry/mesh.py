@@ -6,6 +6,8 @@ topology (``faces``, ``index``) is shared across the batch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 __all__ = ["face_normals", "gather_vertices", "vertex_face_incidence", "vertex_normals"]
@@ -57,8 +59,10 @@ def vertex_face_incidence(faces: torch.Tensor, n_vertices: int, dtype: torch.dty
     rows = faces.T.reshape(-1)
     cols = torch.arange(n_faces, device=faces.device).repeat(3)
     values = torch.ones(3 * n_faces, dtype=dtype, device=faces.device)
-    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_vertices, n_faces))
-    return coo.coalesce().to_sparse_csr()
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_vertices, n_faces), check_invariants=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.coalesce().to_sparse_csr()
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, incidence: torch.Tensor | None = None) -> torch.Tensor:
