@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="UTKFace folder for the per-group slice (default: ../shared/utkface when present)")
     parser.add_argument("--pseudo-labels", type=Path, default=None,
                         help="pseudo-landmarks of training/pseudo_label.py (default: in the facerecon cache)")
+    parser.add_argument("--per-face", action="store_true", help="also write the fairness slice's per-face rows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -418,7 +419,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(fairness_table(results["fairness"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+        saved = results
+        if "fairness" in results and not args.per_face:
+            # Per-face rows name UTKFace photos with their labels: kept out of the file unless asked for.
+            saved = {**results, "fairness": {k: v for k, v in results["fairness"].items() if k != "per_face"}}
+        args.json.write_text(json.dumps(saved, indent=1))
     return results
 
 
