@@ -100,10 +100,20 @@ def load_aflw2000(folder: str | Path, limit: int | None = None) -> list[Aflw2000
     return items
 
 
-def nme_68(pred: np.ndarray, gt: np.ndarray) -> float:
-    """NME of (68, 2) points normalised by sqrt(w * h) of the ground truth's bounding box."""
+def nme_68(pred: np.ndarray, gt: np.ndarray, points: tuple[int, ...] | None = None) -> float:
+    """NME of (68, 2) points normalised by sqrt(w * h) of the ground truth's bounding box (all 68 points).
+
+    ``points`` restricts the averaged errors to those indices (the box still spans every point).
+    """
     w, h = gt.max(0) - gt.min(0)
-    return float(np.linalg.norm(pred - gt, axis=1).mean() / math.sqrt(max(w * h, 1e-6)))
+    idx = list(points) if points is not None else slice(None)
+    return float(np.linalg.norm(pred[idx] - gt[idx], axis=1).mean() / math.sqrt(max(w * h, 1e-6)))
+
+
+def box_contains_centre(boxes: list[Any], landmarks: np.ndarray) -> bool:
+    """True when a detected box contains the centre of the landmarks' bounding box (a detection hit)."""
+    cx, cy = 0.5 * (landmarks.min(0) + landmarks.max(0))
+    return any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in boxes)
 
 
 def angle_error(a: float, b: float) -> float:
@@ -129,26 +139,37 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 
     return s.mean(1, keepdim=True)
 
 
-def _crop_batch(items: list[Aflw2000Item], size: int, scale: float) -> tuple[torch.Tensor, np.ndarray]:
+def _crops_from_landmarks(images: list[np.ndarray], landmarks: np.ndarray, size: int,
+                          scale: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Protocol crops: (B, 3, S, S) in [0, 1] cut from the boxes of (B, 68, 2) landmarks, and those (B, 4) boxes."""
     from facerecon.geometry import box_from_points
     from facerecon.inference.crop import crop_face
+
+    boxes = box_from_points(torch.from_numpy(np.asarray(landmarks, dtype=np.float64)), scale).numpy()
+    crops = np.stack([crop_face(img, box, size) for img, box in zip(images, boxes, strict=True)])
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0, boxes
+
+
+def _crop_batch(items: list[Aflw2000Item], size: int, scale: float) -> tuple[torch.Tensor, np.ndarray]:
     from facerecon.inference.image_io import load_image
 
-    crops, boxes = [], []
-    for it in items:
-        img = load_image(it.image_path)
-        box = box_from_points(torch.from_numpy(it.landmarks)[None], scale)[0].numpy()
-        crops.append(crop_face(img, box, size))
-        boxes.append(box)
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-    return x, np.stack(boxes)
+    return _crops_from_landmarks([load_image(it.image_path) for it in items],
+                                 np.stack([it.landmarks for it in items]), size, scale)
+
+
+def masked_ssim(out: Any, model: Any, images: torch.Tensor) -> list[float]:
+    """SSIM between the re-rendered faces of ``out`` and the (B, 3, S, S) crops, averaged inside the face mask."""
+    from training.losses import render_prediction
+
+    r = render_prediction(out, model, images.shape[-1])
+    m = r.mask
+    return ((ssim_map(r.image, images) * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)).tolist()
 
 
 def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 32,
                       with_ssim: bool = True) -> dict[str, Any]:
     """Landmark NME per yaw bin, pose MAE and (optionally) masked SSIM of the re-rendered face."""
     from facerecon.geometry import crop_to_image
-    from training.losses import render_prediction
 
     size, scale = model.config.input_size, model.config.crop_scale
     per_image: list[dict[str, Any]] = []
@@ -159,12 +180,7 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
             out = model(x)
             lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
             euler = np.degrees(out.euler.numpy())
-            ssim = [float("nan")] * len(chunk)
-            if with_ssim:
-                r = render_prediction(out, model, size)
-                smap = ssim_map(r.image, x)
-                m = r.mask
-                ssim = ((smap * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)).tolist()
+            ssim = masked_ssim(out, model, x) if with_ssim else [float("nan")] * len(chunk)
         for k, it in enumerate(chunk):
             yaw, pitch, roll = euler[k]
             per_image.append({
@@ -202,10 +218,7 @@ def detection_rate(items: list[Aflw2000Item], detector: Any = None) -> dict[str,
     detector = detector or FaceDetector()
     hits = {b: [] for b in range(len(YAW_BINS))}
     for it in items:
-        boxes = detector(load_image(it.image_path))
-        cx, cy = 0.5 * (it.landmarks.min(0) + it.landmarks.max(0))
-        hit = any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in boxes)
-        hits[it.yaw_bin].append(hit)
+        hits[it.yaw_bin].append(box_contains_centre(detector(load_image(it.image_path)), it.landmarks))
     out = {YAW_BINS[b]: float(np.mean(v)) if v else float("nan") for b, v in hits.items()}
     out["all"] = float(np.mean([h for v in hits.values() for h in v]))
     return out
@@ -271,12 +284,10 @@ def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path
     pseudo-label points; the NME averages the 51 inner points (:data:`INNER_POINTS`) and is normalised by sqrt(w * h)
     of the 68 points' box. Faces MediaPipe did not find are left out (their share is reported per group).
     """
-    from facerecon.geometry import box_from_points, crop_to_image
-    from facerecon.inference.crop import crop_face
+    from facerecon.geometry import crop_to_image
     from facerecon.inference.detect import FaceDetector
     from facerecon.inference.image_io import load_image
     from training.data import UTK_RACES
-    from training.losses import render_prediction
 
     utk_dir = Path(utk_dir)
     labels = np.load(pseudo_labels)
@@ -297,26 +308,16 @@ def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path
         chunk = labelled[start:start + batch_size]
         imgs = [load_image(utk_dir / "images" / r["name"]) for r, _ in chunk]
         gts = np.stack([pts.astype(np.float64) for _, pts in chunk])
-        boxes = box_from_points(torch.from_numpy(gts), scale).numpy()
-        x = torch.from_numpy(np.stack([crop_face(im, b, size) for im, b in zip(imgs, boxes, strict=True)]))
-        x = x.permute(0, 3, 1, 2).float() / 255.0
+        x, boxes = _crops_from_landmarks(imgs, gts, size, scale)
         with torch.inference_mode():
             out = model(x)
             lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
-            rend = render_prediction(out, model, size)
-            smap = ssim_map(rend.image, x)
-            ssim = ((smap * rend.mask).sum((1, 2, 3)) / rend.mask.sum((1, 2, 3)).clamp_min(1)).tolist()
+            ssim = masked_ssim(out, model, x)
         for k, (row, _) in enumerate(chunk):
-            gt = gts[k]
-            w, h = gt.max(0) - gt.min(0)
-            err = np.linalg.norm(lmk[k, list(INNER_POINTS)] - gt[list(INNER_POINTS)], axis=1).mean()
-            hit = float("nan")
-            if detector is not None:
-                cx, cy = 0.5 * (gt.min(0) + gt.max(0))
-                hit = float(any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in detector(imgs[k])))
+            hit = float(box_contains_centre(detector(imgs[k]), gts[k])) if detector is not None else float("nan")
             per_face.append({"name": row["name"], "race": UTK_RACES[int(row["race"])],
                              "gender": ("male", "female")[int(row["gender"])],
-                             "nme": float(err / math.sqrt(max(w * h, 1e-6))), "ssim": ssim[k], "detected": hit})
+                             "nme": nme_68(lmk[k], gts[k], INNER_POINTS), "ssim": ssim[k], "detected": hit})
 
     def summary(faces: list[dict[str, Any]]) -> dict[str, float]:
         nmes = np.array([p["nme"] for p in faces])

@@ -112,6 +112,7 @@ def _records(split: str, max_yaw: float, sources: list[str]) -> list[Any]:
 def _batches(model: Any, records: list[Any], batch_size: int):
     """Yield ``(points_2d (B, N, 2), targets (B, 68, 2), weights (B, 68), norm (B,))`` without augmentation."""
     from training.data import RealFaceDataset
+    from training.train import visible_box_size
 
     ds = RealFaceDataset(records, size=model.config.input_size, augment=False, split="fit")
     for start in range(0, len(ds), batch_size):
@@ -122,11 +123,7 @@ def _batches(model: Any, records: list[Any], batch_size: int):
         with torch.inference_mode():
             out = model(x)
             pts = model.project(out.vertices, out.params.scale)
-        big = torch.finfo(tgt.dtype).max
-        vis = (w > 0)[..., None]
-        lo = torch.where(vis, tgt, torch.full_like(tgt, big)).amin(1)
-        hi = torch.where(vis, tgt, torch.full_like(tgt, -big)).amax(1)
-        yield pts, tgt, w, (hi - lo).clamp_min(1.0).prod(-1).sqrt()
+        yield pts, tgt, w, visible_box_size(tgt, w)
 
 
 def _costs(model: Any, records: list[Any], candidates: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -121,6 +121,15 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+def visible_box_size(target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,) sqrt(w * h) of the bounding box of the visible (weight > 0) points of (B, P, 2) targets."""
+    vis = (weights > 0)[..., None]
+    big = torch.finfo(target.dtype).max
+    lo = torch.where(vis, target, torch.full_like(target, big)).amin(1)
+    hi = torch.where(vis, target, torch.full_like(target, -big)).amax(1)
+    return ((hi - lo).clamp_min(1e-3).prod(-1)).sqrt()
+
+
 def nme(pred71: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-sample NME: mean visible-point error / sqrt(w * h) of the visible targets' bounding box.
 
@@ -133,11 +142,8 @@ def nme(pred71: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> to
         (B,) normalised mean errors (NaN-free; samples without points give 0).
     """
     vis = weights > 0
-    big = torch.finfo(target.dtype).max
     t = torch.where(vis[..., None], target, torch.zeros_like(target))
-    lo = torch.where(vis[..., None], target, torch.full_like(target, big)).amin(1)
-    hi = torch.where(vis[..., None], target, torch.full_like(target, -big)).amax(1)
-    size = ((hi - lo).clamp_min(1e-3).prod(-1)).sqrt()
+    size = visible_box_size(target, weights)
     err = ((pred71 - t).norm(dim=-1) * vis).sum(1) / vis.sum(1).clamp_min(1)
     return torch.where(vis.any(1), err / size, torch.zeros_like(err))
 
