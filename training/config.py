@@ -44,6 +44,13 @@ class TrainConfig:
             not the 3D contour of synthetic faces and AFLW2000-3D); also applied to the validation split.
         synthetic_pitch_std: pitch spread of the synthetic faces (degrees).
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
+        pseudo_sources: real sources whose missing targets are filled with MediaPipe pseudo-labels
+            (``training/pseudo_label.py``; :func:`training.data.add_pseudo_labels`), training split only.
+        pseudo_dir: folder of the ``<source>_mediapipe.npz`` pseudo-label files (None: ``<facerecon cache>/pseudo``).
+        pseudo_map: MediaPipe -> iBUG correspondence JSON fitted by ``training.pseudo_map`` (None: the fixed
+            correspondence stored in the pseudo-label files).
+        pseudo_weight: loss weight of the pseudo-labelled points.
+        pseudo_max_nme: a face's pseudo-labels are used only when they agree with its manual points to this NME.
         batch_size: global batch per optimisation step (split over processes and accumulation steps).
         grad_accum: gradient-accumulation steps.
         lr, weight_decay, warmup_steps, max_steps, epochs: optimisation (Adam, lr 1e-3 in the paper).
@@ -66,6 +73,11 @@ class TrainConfig:
     init_from: str | None = None
     sources: list[str] = field(default_factory=lambda: ["300w", "aflw"])
     synthetic_fraction: float = 0.0
+    pseudo_sources: list[str] = field(default_factory=list)
+    pseudo_dir: str | None = None
+    pseudo_map: str | None = None
+    pseudo_weight: float = 0.5
+    pseudo_max_nme: float = 0.08
     jaw_turned_weight: float = 0.5
     synthetic_pitch_std: float = 12.0
     batch_size: int = 64
@@ -116,6 +128,12 @@ class TrainConfig:
         unknown = set(self.sources) - {"300w", "aflw", "utkface"}
         if unknown:
             raise ValueError(f"unknown data sources {sorted(unknown)}; use 300w, aflw, utkface")
+        if not set(self.pseudo_sources) <= set(self.sources):
+            raise ValueError(f"pseudo_sources {self.pseudo_sources} must be among sources {self.sources}")
+        if not 0.0 < self.pseudo_weight <= 1.0:
+            raise ValueError(f"pseudo_weight must be in (0, 1], got {self.pseudo_weight}")
+        if self.pseudo_max_nme <= 0:
+            raise ValueError(f"pseudo_max_nme must be > 0, got {self.pseudo_max_nme}")
 
     def model_config(self) -> FaceReconConfig:
         """The model configuration."""

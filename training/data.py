@@ -60,16 +60,20 @@ __all__ = [
     "SOURCE_IDS",
     "SPLITS",
     "FaceSample",
+    "PseudoLabelStats",
     "RealFaceDataset",
     "Record",
     "aflw_box_scale_check",
+    "add_pseudo_labels",
     "aflw_duplicate_groups",
     "data_root",
+    "default_pseudo_label_path",
     "estimate_yaw_300w",
     "extend_landmarks",
     "format_split_sizes",
     "load_300w",
     "load_aflw",
+    "load_pseudo_labels",
     "load_records",
     "load_utkface",
     "make_splits",
@@ -348,6 +352,113 @@ def reweight_turned_jaw(records: Sequence[FaceSample], weight: float) -> list[Fa
             r = dataclasses.replace(r, weights=w)
         out.append(r)
     return out
+
+
+def default_pseudo_label_path(source: str) -> Path:
+    """Where ``training/pseudo_label.py`` is told to write a source's MediaPipe pseudo-labels (facerecon cache)."""
+    return cache_dir() / "pseudo" / f"{source}_mediapipe.npz"
+
+
+@dataclass
+class PseudoLabelStats:
+    """What :func:`add_pseudo_labels` did to one source: records seen, labelled, accepted, points added."""
+
+    records: int = 0
+    labelled: int = 0
+    accepted: int = 0
+    points: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.accepted}/{self.records} faces accepted ({self.labelled} labelled), "
+                f"{self.points} points added")
+
+
+def load_pseudo_labels(path: str | os.PathLike, mapping: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Read a ``training/pseudo_label.py`` file: ``names``, ``landmarks`` (N, 68, 2), ``found``.
+
+    Args:
+        path: the ``.npz`` file.
+        mapping: a MediaPipe -> iBUG correspondence JSON (:mod:`training.pseudo_map`); the landmarks are then
+            recomputed from the stored MediaPipe points (``mesh``) instead of the file's fixed correspondence.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pseudo-label file {path} not found; make it with training/pseudo_label.py")
+    with np.load(path) as d:
+        labels = {k: d[k] for k in d.files if k in ("names", "landmarks", "found", "mesh")}
+    if mapping is not None:
+        from training.pseudo_map import apply_map, load_map
+
+        if "mesh" not in labels:
+            raise ValueError(f"{path} has no MediaPipe points ('mesh') to apply {mapping} to: re-run pseudo_label.py")
+        labels["landmarks"] = apply_map(labels["mesh"][..., :2], load_map(mapping)).astype(np.float32)
+    labels.pop("mesh", None)
+    return labels
+
+
+def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike | dict[str, np.ndarray],
+                      weight: float = 0.5, max_nme: float = 0.08, min_shared: int = 6
+                      ) -> tuple[list[FaceSample], PseudoLabelStats]:
+    """Fill the missing targets of records with pseudo-labels (``training/pseudo_label.py``) that agree with them.
+
+    A record with a pseudo-label is accepted when the pseudo-label's extended-layout points that coincide with the
+    record's trusted manual targets (weight >= 1, at least ``min_shared`` of them) are within ``max_nme`` of them
+    (mean error / sqrt(w * h) of the manual points' box). Accepted records get the pseudo-label at every point that
+    has no manual target (weight 0: hidden AFLW points, the AFLW jaw and contours, dropped 300-W turned jaws), with
+    loss weight ``weight``; manual targets are kept as they are. Other records are returned unchanged.
+
+    Args:
+        records: records of one source, in the coordinates of their image files.
+        labels: the ``.npz`` file (or its arrays) with ``names`` (N,), ``landmarks`` (N, 68, 2) in 0-based pixel
+            centres of the image files, ``found`` (N,).
+        weight: loss weight of the added points, in (0, 1].
+        max_nme: agreement gate.
+        min_shared: fewest manual points needed to judge agreement.
+
+    Returns:
+        The records (accepted ones replaced by updated copies) and the :class:`PseudoLabelStats`.
+    """
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"pseudo-label weight must be in (0, 1], got {weight}")
+    if max_nme <= 0:
+        raise ValueError(f"max_nme must be > 0, got {max_nme}")
+    if not isinstance(labels, dict):
+        labels = load_pseudo_labels(labels)
+    missing = {"names", "landmarks", "found"} - set(labels)
+    if missing:
+        raise ValueError(f"pseudo-labels lack {sorted(missing)}")
+    pts = np.asarray(labels["landmarks"], dtype=np.float64)
+    if pts.ndim != 3 or pts.shape[1:] != (68, 2):
+        raise ValueError(f"pseudo-label landmarks must be (N, 68, 2), got {pts.shape}")
+    index = {str(n): i for i, n in enumerate(labels["names"])}
+    found = np.asarray(labels["found"], dtype=bool)
+    stats = PseudoLabelStats(records=len(records))
+    out = []
+    for r in records:
+        i = index.get(r.name)
+        if i is None or not found[i] or not np.isfinite(pts[i]).all():
+            out.append(r)
+            continue
+        stats.labelled += 1
+        ext = _extend_np(pts[i])
+        trusted = r.weights >= 1.0  # down-weighted targets (AFLW ear lobes, turned 300-W jaws) do not judge
+        if trusted.sum() < min_shared:
+            out.append(r)
+            continue
+        g = r.landmarks[trusted].astype(np.float64)
+        size = math.sqrt(max(float(np.prod(g.max(0) - g.min(0))), 1e-6))
+        if np.linalg.norm(ext[trusted] - g, axis=1).mean() / size > max_nme:
+            out.append(r)
+            continue
+        fill = r.weights <= 0
+        lmk = r.landmarks.copy()
+        w = r.weights.copy()
+        lmk[fill] = ext[fill]
+        w[fill] = weight
+        stats.accepted += 1
+        stats.points += int(fill.sum())
+        out.append(dataclasses.replace(r, landmarks=lmk.astype(np.float32), weights=w))
+    return out, stats
 
 
 def _aflw_box() -> np.ndarray:

@@ -94,12 +94,30 @@ def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
     splits = make_splits(seed=0, sources=cfg.sources)
     logger.info("data splits:\n%s", format_split_sizes(splits))
     splits = {k: reweight_turned_jaw(v, cfg.jaw_turned_weight) for k, v in splits.items()}
+    if cfg.pseudo_sources:
+        splits["train"] = with_pseudo_labels(splits["train"], cfg)
     train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed)
     val_records = [r for r in splits["val"] if r.has_landmarks]
     if cfg.val_limit:
         val_records = val_records[:: max(1, len(val_records) // cfg.val_limit)][: cfg.val_limit]
     val = RealFaceDataset(val_records, size=input_size, augment=False, split="val")
     return train, val
+
+
+def with_pseudo_labels(records: list, cfg: TrainConfig) -> list:
+    """Training records with the pseudo-labels of ``cfg.pseudo_sources`` added (validation stays manual-only)."""
+    from training.data import add_pseudo_labels, default_pseudo_label_path, load_pseudo_labels
+
+    out = list(records)
+    for source in cfg.pseudo_sources:
+        path = Path(cfg.pseudo_dir) / f"{source}_mediapipe.npz" if cfg.pseudo_dir else default_pseudo_label_path(source)
+        labels = load_pseudo_labels(path, cfg.pseudo_map)
+        idx = [i for i, r in enumerate(out) if r.source == source]
+        updated, stats = add_pseudo_labels([out[i] for i in idx], labels, cfg.pseudo_weight, cfg.pseudo_max_nme)
+        for i, r in zip(idx, updated, strict=True):
+            out[i] = r
+        logger.info("pseudo-labels %s (%s): %s", source, path, stats)
+    return out
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -1,0 +1,134 @@
+"""Pseudo-labels: merging into records (agreement gate, only missing targets), the fitted MediaPipe -> iBUG map."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.config import TrainConfig
+from training.data import N_LANDMARKS, FaceSample, _extend_np, add_pseudo_labels, load_pseudo_labels
+from training.pseudo_map import DEFAULT_MAP, apply_map, fit_map, fixed_map, load_map, map_matrix, point_errors
+
+
+def _face(rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    """(n, 68, 2) plausible landmark sets: a jittered ellipse-ish layout around (100, 100), 80 px wide."""
+    t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    base = np.stack([100 + 40 * np.cos(t), 100 + 50 * np.sin(t)], -1)
+    return base[None] + rng.normal(0, 1.0, (n, 68, 2))
+
+
+def _record(name: str, lmk68: np.ndarray, weights: np.ndarray) -> FaceSample:
+    return FaceSample(source="aflw", name=name, image_path=Path(name), box=np.array([0.0, 0.0, 200.0, 200.0]),
+                      landmarks=_extend_np(lmk68).astype(np.float32), weights=weights.astype(np.float32))
+
+
+def test_add_pseudo_labels_fills_only_missing_targets_of_agreeing_faces():
+    rng = np.random.default_rng(0)
+    truth = _face(rng, 3)
+    w = np.zeros(N_LANDMARKS)
+    w[[17, 19, 21, 22, 24, 26, 36, 39, 42, 45, 30, 48, 54, 8]] = 1.0
+    w[[2, 14]] = 0.5  # down-weighted manual points (AFLW ears) are kept and do not judge agreement
+    recs = [_record(f"f{i}.jpg", truth[i], w) for i in range(3)]
+    pseudo = truth + rng.normal(0, 0.5, truth.shape)  # agrees closely with the manual points
+    pseudo[1] += 30.0  # disagrees: ~30 px off on an ~90 px face
+    labels = {"names": np.array(["f0.jpg", "f1.jpg", "f2.jpg", "other.jpg"]),
+              "landmarks": np.concatenate([pseudo, truth[:1]]).astype(np.float32),
+              "found": np.array([True, True, False, True])}
+    out, stats = add_pseudo_labels(recs, labels, weight=0.25, max_nme=0.08)
+    assert (stats.records, stats.labelled, stats.accepted) == (3, 2, 1)
+    filled = w == 0
+    assert stats.points == int(filled.sum())
+    r0 = out[0]
+    np.testing.assert_allclose(r0.weights[filled], 0.25)
+    np.testing.assert_array_equal(r0.weights[~filled], w[~filled])  # manual weights untouched
+    np.testing.assert_allclose(r0.landmarks[filled], _extend_np(pseudo[0])[filled], atol=1e-4)
+    np.testing.assert_array_equal(r0.landmarks[~filled], recs[0].landmarks[~filled])  # manual points kept
+    assert out[1] is recs[1] and out[2] is recs[2]  # rejected / not found: unchanged
+    assert recs[0].weights[filled].max() == 0  # inputs are not modified
+
+
+def test_add_pseudo_labels_gate_scales_with_face_size():
+    rng = np.random.default_rng(1)
+    truth = _face(rng, 1)
+    w = np.ones(N_LANDMARKS)
+    w[:17] = 0.0
+    size = math.sqrt(np.prod(np.ptp(_extend_np(truth[0])[w > 0], axis=0)))
+    labels = {"names": np.array(["f0.jpg"]), "found": np.array([True])}
+    for offset, accepted in ((0.07, 1), (0.09, 0)):  # a uniform shift of offset x face size
+        labels["landmarks"] = (truth + np.array([offset * size, 0.0])).astype(np.float32)
+        _, stats = add_pseudo_labels([_record("f0.jpg", truth[0], w)], labels, max_nme=0.08)
+        assert stats.accepted == accepted, offset
+
+
+def test_add_pseudo_labels_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="weight"):
+        add_pseudo_labels([], {"names": [], "landmarks": np.zeros((0, 68, 2)), "found": []}, weight=0.0)
+    with pytest.raises(ValueError, match=r"\(N, 68, 2\)"):
+        add_pseudo_labels([], {"names": [], "landmarks": np.zeros((0, 21, 2)), "found": []})
+    with pytest.raises(FileNotFoundError, match="pseudo_label.py"):
+        load_pseudo_labels(tmp_path / "missing.npz")
+    np.savez(tmp_path / "old.npz", names=np.array(["a"]), landmarks=np.zeros((1, 68, 2)), found=np.array([True]))
+    with pytest.raises(ValueError, match="mesh"):
+        load_pseudo_labels(tmp_path / "old.npz", mapping=DEFAULT_MAP)
+
+
+def test_fit_map_recovers_a_planted_convex_correspondence(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 300
+    mesh = rng.uniform(0, 200, (1, 478, 2)) + rng.normal(0, 4.0, (n, 478, 2))  # faces = jittered point clouds
+    true = []
+    for j in range(68):
+        # Each iBUG point: a fixed blend of a point and two of its nearest neighbours (in the mean layout).
+        d = np.linalg.norm(mesh.mean(0) - mesh.mean(0)[j * 7], axis=1)
+        idx = np.argsort(d)[:3]
+        true.append([(int(idx[0]), 0.6), (int(idx[1]), 0.3), (int(idx[2]), 0.1)])
+    target = apply_map(mesh, true)
+    fitted = fit_map(mesh, target, k=6)
+    for pairs in fitted:
+        assert all(w >= 0 for _, w in pairs) and abs(sum(w for _, w in pairs) - 1) < 1e-6
+    np.testing.assert_allclose(map_matrix(fitted), map_matrix(true), atol=0.02)
+    assert point_errors(mesh, target, fitted).max() < 1e-3
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"points": [[[i, w] for i, w in p] for p in fitted]}))
+    np.testing.assert_allclose(map_matrix(load_map(path)), map_matrix(fitted))
+
+
+def test_load_map_validates_and_fixed_map_matches_pseudo_label(tmp_path):
+    from training.pseudo_label import to_ibug68
+
+    pts = np.random.default_rng(3).normal(size=(478, 3))
+    np.testing.assert_allclose(apply_map(pts[None], fixed_map())[0], to_ibug68(pts), atol=1e-12)
+    bundled = load_map(DEFAULT_MAP)
+    assert len(bundled) == 68
+    path = tmp_path / "bad.json"
+    bad = (([[[0, 1.0]]] * 3, "68 points"), ([[[0, 0.5]]] * 68, "sum"), ([[[478, 1.0]]] * 68, "indices"))
+    for points, message in bad:
+        path.write_text(json.dumps({"points": points}))
+        with pytest.raises(ValueError, match=message):
+            load_map(path)
+
+
+def test_mapping_is_applied_to_stored_mediapipe_points(tmp_path):
+    rng = np.random.default_rng(4)
+    mesh = rng.uniform(0, 100, (2, 478, 3)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", names=np.array(["a", "b"]), landmarks=np.zeros((2, 68, 2), np.float32),
+             found=np.array([True, True]), mesh=mesh)
+    fixed = load_pseudo_labels(tmp_path / "x.npz")
+    np.testing.assert_array_equal(fixed["landmarks"], 0)  # the file's own correspondence
+    mapped = load_pseudo_labels(tmp_path / "x.npz", mapping=DEFAULT_MAP)
+    np.testing.assert_allclose(mapped["landmarks"], apply_map(mesh[..., :2], load_map(DEFAULT_MAP)), rtol=1e-5)
+    assert "mesh" not in mapped
+
+
+def test_train_config_checks_pseudo_options():
+    TrainConfig(pseudo_sources=["aflw"], sources=["300w", "aflw"])
+    with pytest.raises(ValueError, match="pseudo_sources"):
+        TrainConfig(pseudo_sources=["utkface"], sources=["300w", "aflw"])
+    with pytest.raises(ValueError, match="pseudo_weight"):
+        TrainConfig(pseudo_weight=1.5)
+    with pytest.raises(ValueError, match="pseudo_max_nme"):
+        TrainConfig(pseudo_max_nme=0)
