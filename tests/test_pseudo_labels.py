@@ -132,3 +132,79 @@ def test_train_config_checks_pseudo_options():
         TrainConfig(pseudo_weight=1.5)
     with pytest.raises(ValueError, match="pseudo_max_nme"):
         TrainConfig(pseudo_max_nme=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# depth
+
+
+def test_depth_loss_is_scale_and_offset_free_and_penalises_other_profiles():
+    import torch
+
+    from training.losses import depth_loss
+
+    torch.manual_seed(0)
+    t = torch.randn(3, 71)
+    w = torch.ones(3, 71)
+    w[2] = 0  # no depth for the last face
+    pred = 2.5 * t + 7.0  # proportional (any scale and offset): no loss
+    assert float(depth_loss(pred, t, w, 128)) < 1e-6
+    other = torch.randn(3, 71)
+    loss = depth_loss(other.requires_grad_(), t, w, 128)
+    # Analytic value on the two faces that have targets.
+    p = other.detach()[:2] - other.detach()[:2].mean(1, keepdim=True)
+    c = t[:2] - t[:2].mean(1, keepdim=True)
+    a = (p * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True)
+    assert float(loss.detach()) == pytest.approx(float((p - a * c).abs().mean() / 128), rel=1e-5)
+    loss.backward()
+    assert other.grad[2].abs().max() == 0 and other.grad[:2].abs().max() > 0
+    # Flattening the prediction does not lower the loss below that of the proportional part.
+    assert float(depth_loss(0.01 * other.detach(), t, w, 128)) == pytest.approx(float(loss.detach()) * 0.01, rel=1e-4)
+    assert float(depth_loss(other.detach(), t, torch.zeros_like(w), 128)) == 0.0
+
+
+def test_dataset_depth_follows_crop_scale_and_flip(tmp_path):
+    from training.augment import Augmenter, GeometricParams
+    from training.data import EXTENDED_MIRROR, RealFaceDataset
+
+    rng = np.random.default_rng(5)
+    img_path = tmp_path / "face.png"
+    import cv2
+
+    cv2.imwrite(str(img_path), rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    lmk = _face(rng)[0]
+    rec = _record(str(img_path), lmk, np.ones(N_LANDMARKS))
+    rec = type(rec)(**{**rec.__dict__, "depth": np.arange(N_LANDMARKS, dtype=np.float32)})
+    plain = RealFaceDataset([rec], size=100)[0]
+    np.testing.assert_allclose(plain["depth"].numpy(), np.arange(N_LANDMARKS) * 0.5, rtol=1e-6)
+    assert plain["depth_weights"].min() == 1
+    aug = Augmenter(100)
+    fixed = GeometricParams(angle_deg=20.0, scale=1.25, flip=True)
+    res = aug(cv2.imread(str(img_path))[:, :, ::-1].copy(), rec.box, rec.landmarks, rec.weights,
+              np.random.default_rng(0), params=fixed)
+    k = float(np.sqrt(abs(np.linalg.det(res.matrix[:, :2]))))
+    assert k == pytest.approx(0.5 * 1.25, rel=1e-6) or k == pytest.approx(0.5 / 1.25, rel=1e-6)
+
+    class Fixed(Augmenter):
+        def sample_geometry(self, rng):
+            return fixed
+
+    flipped = RealFaceDataset([rec], size=100, augment=Fixed(100))[0]
+    np.testing.assert_allclose(flipped["depth"].numpy(), np.array(EXTENDED_MIRROR) * k, rtol=1e-5)
+    no_depth = RealFaceDataset([_record(str(img_path), lmk, np.ones(N_LANDMARKS))], size=100)[0]
+    assert no_depth["depth_weights"].max() == 0
+
+
+def test_mix_batches_gives_synthetic_faces_no_depth_target():
+    import torch
+
+    from training.synthetic import mix_batches
+
+    real = {"image": torch.zeros(2, 3, 8, 8), "landmarks": torch.zeros(2, 71, 2), "weights": torch.ones(2, 71),
+            "depth": torch.ones(2, 71), "depth_weights": torch.ones(2, 71)}
+    synth = {"image": torch.zeros(3, 3, 8, 8), "landmarks": torch.zeros(3, 71, 2), "weights": torch.ones(3, 71),
+             "vertices": torch.zeros(3, 5, 3), "has_vertices": torch.ones(3, dtype=torch.bool),
+             "rotation": torch.eye(3).expand(3, 3, 3)}
+    out = mix_batches(real, synth)
+    assert out["depth"].shape == (5, 71) and out["depth_weights"][:2].min() == 1
+    assert out["depth_weights"][2:].max() == 0

@@ -243,6 +243,8 @@ class FaceSample:
         group: faces with the same group (same photo, near-duplicate crop) always land in the same split.
         race: UTKFace race code (0 white, 1 black, 2 asian, 3 indian, 4 others), -1 elsewhere.
         meta: extra source labels (300-W subset, UTKFace age / gender).
+        depth: (71,) float32 relative depth of the extended-layout points in image pixels (larger = farther from
+            the camera; from pseudo-labels, up to an unknown offset and scale), or None.
     """
 
     source: str
@@ -258,6 +260,7 @@ class FaceSample:
     group: str = ""
     race: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
+    depth: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -374,7 +377,7 @@ class PseudoLabelStats:
 
 
 def load_pseudo_labels(path: str | os.PathLike, mapping: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """Read a ``training/pseudo_label.py`` file: ``names``, ``landmarks`` (N, 68, 2), ``found``.
+    """Read a ``training/pseudo_label.py`` file: ``names``, ``landmarks`` (N, 68, 2), ``found``, ``depth`` (N, 68).
 
     Args:
         path: the ``.npz`` file.
@@ -385,13 +388,14 @@ def load_pseudo_labels(path: str | os.PathLike, mapping: str | os.PathLike | Non
     if not path.is_file():
         raise FileNotFoundError(f"pseudo-label file {path} not found; make it with training/pseudo_label.py")
     with np.load(path) as d:
-        labels = {k: d[k] for k in d.files if k in ("names", "landmarks", "found", "mesh")}
+        labels = {k: d[k] for k in d.files if k in ("names", "landmarks", "depth", "found", "mesh")}
     if mapping is not None:
         from training.pseudo_map import apply_map, load_map
 
         if "mesh" not in labels:
             raise ValueError(f"{path} has no MediaPipe points ('mesh') to apply {mapping} to: re-run pseudo_label.py")
-        labels["landmarks"] = apply_map(labels["mesh"][..., :2], load_map(mapping)).astype(np.float32)
+        mapped = apply_map(labels["mesh"], load_map(mapping)).astype(np.float32)
+        labels["landmarks"], labels["depth"] = mapped[..., :2], mapped[..., 2]
     labels.pop("mesh", None)
     return labels
 
@@ -405,12 +409,13 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
     record's trusted manual targets (weight >= 1, at least ``min_shared`` of them) are within ``max_nme`` of them
     (mean error / sqrt(w * h) of the manual points' box). Accepted records get the pseudo-label at every point that
     has no manual target (weight 0: hidden AFLW points, the AFLW jaw and contours, dropped 300-W turned jaws), with
-    loss weight ``weight``; manual targets are kept as they are. Other records are returned unchanged.
+    loss weight ``weight``; manual targets are kept as they are, and the pseudo-label's relative depth of all 71 points
+    (when the labels have ``depth``) becomes the record's ``depth``. Other records are returned unchanged.
 
     Args:
         records: records of one source, in the coordinates of their image files.
         labels: the ``.npz`` file (or its arrays) with ``names`` (N,), ``landmarks`` (N, 68, 2) in 0-based pixel
-            centres of the image files, ``found`` (N,).
+            centres of the image files, ``found`` (N,), optionally ``depth`` (N, 68) in the same pixels.
         weight: loss weight of the added points, in (0, 1].
         max_nme: agreement gate.
         min_shared: fewest manual points needed to judge agreement.
@@ -432,6 +437,7 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
         raise ValueError(f"pseudo-label landmarks must be (N, 68, 2), got {pts.shape}")
     index = {str(n): i for i, n in enumerate(labels["names"])}
     found = np.asarray(labels["found"], dtype=bool)
+    depth_all = np.asarray(labels["depth"], dtype=np.float64) if "depth" in labels else None
     stats = PseudoLabelStats(records=len(records))
     out = []
     for r in records:
@@ -455,9 +461,12 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
         w = r.weights.copy()
         lmk[fill] = ext[fill]
         w[fill] = weight
+        depth = None
+        if depth_all is not None and np.isfinite(depth_all[i]).all():
+            depth = _extend_np(depth_all[i][:, None])[:, 0].astype(np.float32)
         stats.accepted += 1
         stats.points += int(fill.sum())
-        out.append(dataclasses.replace(r, landmarks=lmk.astype(np.float32), weights=w))
+        out.append(dataclasses.replace(r, landmarks=lmk.astype(np.float32), weights=w, depth=depth))
     return out, stats
 
 
@@ -878,7 +887,8 @@ class RealFaceDataset(Dataset):
     ``__getitem__`` returns a dict: ``image`` (3, S, S) float32 RGB in [0, 1]; ``landmarks`` (71, 2) float32 crop
     pixels (0-based centres); ``weights`` (71,) float32; ``source`` (int, :data:`SOURCE_IDS`); ``index`` (int);
     ``yaw`` (float degrees, NaN if unknown; negated by a horizontal flip); ``has_landmarks`` (bool); ``race`` (int,
-    UTKFace race code or -1).
+    UTKFace race code or -1); ``depth`` (71,) float32 relative point depth in crop pixels and ``depth_weights`` (71,)
+    (1 where the record has pseudo-label depth, else 0).
 
     Without augmentation the crop is :func:`facerecon.inference.crop.crop_face` of the record's box (exactly the
     inference crop) and the sample is deterministic. With augmentation the random state of item ``i`` is
@@ -956,18 +966,28 @@ class RealFaceDataset(Dataset):
             scale = np.array([self.size / (b[2] - b[0]), self.size / (b[3] - b[1])])
             lmk = (rec.landmarks - b[:2]) * scale - 0.5  # image_to_crop
             weights = rec.weights
+            depth_scale, flipped = float(np.sqrt(scale.prod())), False
         else:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             res = self.augmenter(image, rec.box, rec.landmarks, rec.weights, rng)
             crop, lmk, weights = res.image, res.landmarks, res.weights
+            depth_scale, flipped = float(np.sqrt(abs(np.linalg.det(res.matrix[:, :2])))), res.flipped
             if res.flipped:
                 yaw = -yaw
         lmk = np.where(weights[:, None] > 0, lmk, 0.0)
+        depth = np.zeros(N_LANDMARKS, dtype=np.float32)
+        depth_w = np.zeros(N_LANDMARKS, dtype=np.float32)
+        if rec.depth is not None:
+            # In-plane similarity warps scale depth like x and y; a mirror permutes the points but keeps depth.
+            depth = (rec.depth[list(EXTENDED_MIRROR)] if flipped else rec.depth) * np.float32(depth_scale)
+            depth_w[:] = 1.0
         return {
             # numpy, not torch ops: torch's intra-op threads cost milliseconds per small tensor on a busy CPU.
             "image": torch.from_numpy(crop.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)),
             "landmarks": torch.from_numpy(lmk.astype(np.float32)),
             "weights": torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+            "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)),
+            "depth_weights": torch.from_numpy(depth_w),
             "source": SOURCE_IDS[rec.source],
             "index": index,
             "yaw": float(yaw),

@@ -82,6 +82,34 @@ def pose_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     return (d * m).sum() / m.sum().clamp_min(1.0)
 
 
+def depth_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """Scale-free relative depth loss of landmarks against pseudo-label depth.
+
+    Both depth profiles are centred (weighted mean over each face's points); the target is scaled by the
+    least-squares factor ``a = <p, t> / <t, t>`` computed from the detached prediction, so the loss is the weighted
+    mean of ``|p - a t|``: it penalises only the part of the predicted profile that is not proportional to the
+    target (a wrong pitch or depth pattern), not the pseudo-labeller's depth scale, and it cannot be lowered by
+    shrinking the prediction.
+
+    Args:
+        pred: (B, P) predicted depth of the points in crop pixels (scale x camera-frame z).
+        target: (B, P) target relative depth (any offset and scale; larger = farther).
+        weights: (B, P) 1 where a target exists (rows of zeros: no target).
+        crop_size: crop side S in pixels.
+
+    Returns:
+        Scalar (0 with a graph when no face has depth targets). Convention: distances divided by S.
+    """
+    w = weights.to(pred.dtype)
+    n = w.sum(1, keepdim=True).clamp_min(1e-6)
+    target = torch.where(w > 0, target, torch.zeros_like(target))
+    p = pred - (pred * w).sum(1, keepdim=True) / n
+    t = target - (target * w).sum(1, keepdim=True) / n
+    a = (p.detach() * t * w).sum(1, keepdim=True) / (t * t * w).sum(1, keepdim=True).clamp_min(1e-6)
+    dist = (p - a * t).abs() / crop_size
+    return (dist * w).sum() / w.sum().clamp_min(1e-6)
+
+
 def photometric_loss(rendered: torch.Tensor, photo: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Skin-masked photometric loss: weighted mean Euclidean RGB distance between render and photo.
 
@@ -126,7 +154,8 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
     Args:
         out: model output (with the dense mesh when a photometric, perceptual or vertex term is on).
         batch: ``image`` (B, 3, S, S), ``landmarks`` (B, 71, 2), ``weights`` (B, 71), optionally ``vertices``
-            (B, N, 3), ``rotation`` (B, 3, 3) and ``has_vertices`` (B,) for samples with 3D ground truth.
+            (B, N, 3), ``rotation`` (B, 3, 3) and ``has_vertices`` (B,) for samples with 3D ground truth, and
+            ``depth`` / ``depth_weights`` (B, 71) pseudo-label point depth.
         weights: loss weights.
         crop_size: input crop side.
         extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
@@ -146,6 +175,10 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
     if "vertices" in batch and weights.recon > 0 and out.vertices is not None:
         parts["recon"] = vertex_loss(out.vertices, batch["vertices"], batch.get("has_vertices"))
         total = total + weights.recon * parts["recon"]
+    if "depth" in batch and weights.depth > 0:
+        depth = extend(out.landmarks_3d)[..., 2] * out.params.scale[:, None]
+        parts["depth"] = depth_loss(depth, batch["depth"], batch["depth_weights"], crop_size)
+        total = total + weights.depth * parts["depth"]
     if "rotation" in batch and weights.pose > 0:
         parts["pose"] = pose_loss(out.params.rotation, batch["rotation"], batch.get("has_vertices"))
         total = total + weights.pose * parts["pose"]

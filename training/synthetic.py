@@ -173,7 +173,8 @@ class SyntheticFaces:
 def mix_batches(real: dict[str, torch.Tensor], synthetic: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Concatenate a real and a synthetic batch.
 
-    Real samples get zero vertices, identity rotations and ``has_vertices`` False (no 3D ground truth).
+    Real samples get zero vertices, identity rotations and ``has_vertices`` False (no 3D ground truth); synthetic
+    samples get zero ``depth_weights`` when the real batch has pseudo-label ``depth``.
     """
     n_real = real["image"].shape[0]
     out = {k: torch.cat([real[k], synthetic[k].to(real[k].dtype)]) for k in ("image", "landmarks", "weights")}
@@ -182,6 +183,10 @@ def mix_batches(real: dict[str, torch.Tensor], synthetic: dict[str, torch.Tensor
     out["has_vertices"] = torch.cat([torch.zeros(n_real, dtype=torch.bool), synthetic["has_vertices"]])
     rot = synthetic["rotation"]
     out["rotation"] = torch.cat([torch.eye(3, dtype=rot.dtype).expand(n_real, 3, 3), rot])
+    if "depth" in real:  # pseudo-label depth of real faces; synthetic faces have exact 3D ground truth instead
+        n_syn = synthetic["image"].shape[0]
+        for key in ("depth", "depth_weights"):
+            out[key] = torch.cat([real[key], real[key].new_zeros((n_syn, *real[key].shape[1:]))])
     return out
 
 
