@@ -162,13 +162,13 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "## Limitations",
         "",
         "- Trained from scratch (no ImageNet weights could be downloaded) on about 8,000 real faces plus synthetic "
-        "renders, on 2 CPU cores for about 3 hours in all: accuracy is well below published GPU-trained models, "
+        "renders, on 2 CPU cores for about 4.5 hours in all: accuracy is well below published GPU-trained models, "
         "especially beyond 60 degrees of yaw, and pitch is under-estimated (it changes the 2D landmarks little under "
         "a weak-perspective camera).",
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
         "face-like patterns; pass a box to `reconstruct` when you have one.",
         "- Occlusions (hands, masks, sunglasses) were only simulated in training.",
-        _fairness_limitation(ev.get("fairness")),
+        _fairness_limitation(ev.get("fairness"), bool(cfg.get("pseudo_sources"))),
         "- Weak perspective camera: no absolute depth or focal length.",
         "",
     ]
@@ -177,7 +177,7 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
     return "\n".join(lines)
 
 
-def _fairness_limitation(fair: dict[str, Any] | None) -> str:
+def _fairness_limitation(fair: dict[str, Any] | None, pseudo: bool = False) -> str:
     if not fair:
         return ("- Skin tones and fairness: the training photos are mostly of light-skinned adults; no per-group "
                 "accuracy has been measured for this card. Expect lower accuracy on under-represented groups.")
@@ -188,7 +188,10 @@ def _fairness_limitation(fair: dict[str, Any] | None) -> str:
             f"used in training) the inner-landmark NME ranges from {_pct(races[best]['nme'])}% ({best}) to "
             f"{_pct(races[worst]['nme'])}% ({worst}), a ratio of {fair['race_nme_ratio']:.2f}; see the fairness "
             "slice below. Groups are small (UTKFace's labels, 5,000-photo subset) and the reference points are "
-            "another model's (MediaPipe), so treat small gaps as noise.")
+            "another model's (MediaPipe), so treat small gaps as noise."
+            + (" The model was trained with MediaPipe pseudo-labels of other photos, so part of its agreement with "
+               "these references is agreement with MediaPipe's point conventions: compare groups with each other, "
+               "not this NME with models trained without them." if pseudo else ""))
 
 
 def _fairness_section(fair: dict[str, Any]) -> list[str]:
