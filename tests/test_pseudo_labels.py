@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_dataset_depth_follows_crop_scale_and_flip(tmp_path):
     cv2.imwrite(str(img_path), rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
     lmk = _face(rng)[0]
     rec = _record(str(img_path), lmk, np.ones(N_LANDMARKS))
-    rec = type(rec)(**{**rec.__dict__, "depth": np.arange(N_LANDMARKS, dtype=np.float32)})
+    rec = dataclasses.replace(rec, depth=np.arange(N_LANDMARKS, dtype=np.float32))
     plain = RealFaceDataset([rec], size=100)[0]
     np.testing.assert_allclose(plain["depth"].numpy(), np.arange(N_LANDMARKS) * 0.5, rtol=1e-6)
     assert plain["depth_weights"].min() == 1

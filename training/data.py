@@ -357,9 +357,9 @@ def reweight_turned_jaw(records: Sequence[FaceSample], weight: float) -> list[Fa
     return out
 
 
-def default_pseudo_label_path(source: str) -> Path:
-    """Where ``training/pseudo_label.py`` is told to write a source's MediaPipe pseudo-labels (facerecon cache)."""
-    return cache_dir() / "pseudo" / f"{source}_mediapipe.npz"
+def default_pseudo_label_path(source: str, folder: str | os.PathLike | None = None) -> Path:
+    """The ``<source>_mediapipe.npz`` file ``training/pseudo_label.py`` writes, in ``folder`` or the facerecon cache."""
+    return (Path(folder) if folder else cache_dir() / "pseudo") / f"{source}_mediapipe.npz"
 
 
 @dataclass

@@ -271,9 +271,9 @@ INNER_POINTS = tuple(range(17, 68))
 
 def default_pseudo_labels() -> Path:
     """Where ``training/pseudo_label.py`` is told to write the UTKFace pseudo-labels (in the facerecon cache)."""
-    from facerecon.morphable.ict import cache_dir
+    from training.data import default_pseudo_label_path
 
-    return cache_dir() / "pseudo" / "utkface_mediapipe.npz"
+    return default_pseudo_label_path("utkface")
 
 
 def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path, batch_size: int = 64,

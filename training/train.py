@@ -110,7 +110,7 @@ def with_pseudo_labels(records: list, cfg: TrainConfig) -> list:
 
     out = list(records)
     for source in cfg.pseudo_sources:
-        path = Path(cfg.pseudo_dir) / f"{source}_mediapipe.npz" if cfg.pseudo_dir else default_pseudo_label_path(source)
+        path = default_pseudo_label_path(source, cfg.pseudo_dir)
         labels = load_pseudo_labels(path, cfg.pseudo_map)
         idx = [i for i, r in enumerate(out) if r.source == source]
         updated, stats = add_pseudo_labels([out[i] for i in idx], labels, cfg.pseudo_weight, cfg.pseudo_max_nme)
