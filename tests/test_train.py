@@ -188,3 +188,44 @@ def test_mix_batches_carries_rotations(tiny_model):
     mixed = mix_batches(real, synth)
     assert mixed["rotation"].shape == (5, 3, 3) and torch.equal(mixed["rotation"][:3], torch.eye(3).expand(3, 3, 3))
     assert torch.equal(mixed["rotation"][3:], synth["rotation"]) and mixed["has_vertices"].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_yaw_loss_analytic_clamped_masked_and_only_moves_yaw():
+    from facerecon.geometry import euler_to_matrix
+    from training.losses import yaw_loss
+
+    angles = torch.tensor([[0.5, 0.2, -0.1], [0.0, 0.0, 0.0], [1.2, -0.3, 0.4]], requires_grad=True)
+    target = torch.tensor([math.degrees(0.5) + 10.0, float("nan"), 100.0])  # 100 deg is clamped to 89 deg
+    loss = yaw_loss(euler_to_matrix(angles), target, beta=0.05)
+    expected = ((math.radians(10.0) - 0.025) + (math.radians(89.0) - 1.2 - 0.025)) / 2  # linear part of smooth L1
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    # d/dyaw of the mean of two linear terms: -1/2 each; the unlabelled sample and pitch / roll get no gradient.
+    assert torch.allclose(angles.grad, torch.tensor([[-0.5, 0, 0], [0, 0, 0], [-0.5, 0, 0]]), atol=1e-5)
+    # Quadratic below beta, finite gradient at zero rotation, 0 (with a graph) when nothing is labelled.
+    small = torch.zeros(1, 3, requires_grad=True)
+    q = yaw_loss(euler_to_matrix(small), torch.tensor([math.degrees(0.01)]), beta=0.05)
+    assert q.item() == pytest.approx(0.5 * 0.01**2 / 0.05, rel=1e-4)
+    q.backward()
+    assert torch.isfinite(small.grad).all() and small.grad[0, 0].item() == pytest.approx(-0.01 / 0.05, rel=1e-4)
+    none = yaw_loss(euler_to_matrix(small), torch.tensor([float("nan")]))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_total_loss_adds_weighted_yaw_and_mix_batches_pads_it(fixed_batch, tiny_model):
+    from training.losses import yaw_loss
+    from training.synthetic import SyntheticFaces, mix_batches
+
+    out = tiny_model(fixed_batch["image"])
+    batch = dict(fixed_batch, yaw=torch.linspace(-80.0, 80.0, fixed_batch["image"].shape[0], dtype=torch.float64))
+    base, parts0 = total_loss(out, batch, LossWeights(), 64, extend_landmarks)
+    assert "yaw" not in parts0  # weight 0: not computed
+    total, parts = total_loss(out, batch, LossWeights(yaw=0.5), 64, extend_landmarks)
+    assert parts["yaw"].item() == pytest.approx(yaw_loss(out.params.rotation, batch["yaw"]).item(), rel=1e-6)
+    assert total.item() == pytest.approx(base.item() + 0.5 * parts["yaw"].item(), rel=1e-5)
+    synth = SyntheticFaces(tiny_model, seed=0).batch(2, index=0)
+    real = {"image": torch.zeros(3, 3, 64, 64), "landmarks": torch.zeros(3, 71, 2), "weights": torch.zeros(3, 71),
+            "yaw": torch.tensor([10.0, float("nan"), -40.0], dtype=torch.float64)}
+    mixed = mix_batches(real, synth)
+    assert mixed["yaw"].dtype == torch.float32 and mixed["yaw"][[0, 2]].tolist() == [10.0, -40.0]
+    assert torch.isnan(mixed["yaw"][[1, 3, 4]]).all()

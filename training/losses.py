@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from facerecon.geometry import matrix_to_euler
 from facerecon.models.facerecon import FaceReconOutput
 from training.config import LossWeights
 
@@ -110,6 +111,32 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, 
     return (dist * w).sum() / w.sum().clamp_min(1e-6)
 
 
+def yaw_loss(rotation: torch.Tensor, target_deg: torch.Tensor, max_deg: float = 89.0,
+             beta: float = 0.05) -> torch.Tensor:
+    """Smooth-L1 error of the predicted yaw against a labelled yaw, on the samples that have a label.
+
+    The predicted yaw is the first angle of :func:`facerecon.geometry.matrix_to_euler` (``atan2(-R02, cos yaw)``,
+    which depends on the rotation only through the direction the face points in, so pitch and roll are free).
+    Labels beyond +-``max_deg`` (AFLW has faces turned past profile, which that Euler range cannot express) are
+    clamped to +-``max_deg``.
+
+    Args:
+        rotation: (B, 3, 3) predicted rotations.
+        target_deg: (B,) labelled yaw in degrees, NaN where unknown (AFLW2000-3D sign: > 0 turns towards image left).
+        max_deg: clamp of the labels in degrees.
+        beta: smooth-L1 threshold in radians (quadratic below, linear above: robust to label noise).
+
+    Returns:
+        Scalar mean over the labelled samples (0 with a graph when none is labelled). Convention: radians.
+    """
+    known = torch.isfinite(target_deg)
+    target = torch.deg2rad(torch.where(known, target_deg, torch.zeros_like(target_deg)).clamp(-max_deg, max_deg))
+    yaw = matrix_to_euler(rotation)[..., 0]
+    err = torch.nn.functional.smooth_l1_loss(yaw, target.to(yaw.dtype), beta=beta, reduction="none")
+    m = known.to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
 def photometric_loss(rendered: torch.Tensor, photo: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Skin-masked photometric loss: weighted mean Euclidean RGB distance between render and photo.
 
@@ -155,7 +182,8 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
         out: model output (with the dense mesh when a photometric, perceptual or vertex term is on).
         batch: ``image`` (B, 3, S, S), ``landmarks`` (B, 71, 2), ``weights`` (B, 71), optionally ``vertices``
             (B, N, 3), ``rotation`` (B, 3, 3) and ``has_vertices`` (B,) for samples with 3D ground truth, and
-            ``depth`` / ``depth_weights`` (B, 71) pseudo-label point depth.
+            ``depth`` / ``depth_weights`` (B, 71) pseudo-label point depth, ``yaw`` (B,) labelled yaw in degrees (NaN
+            where unknown).
         weights: loss weights.
         crop_size: input crop side.
         extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
@@ -179,6 +207,9 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
         depth = extend(out.landmarks_3d)[..., 2] * out.params.scale[:, None]
         parts["depth"] = depth_loss(depth, batch["depth"], batch["depth_weights"], crop_size)
         total = total + weights.depth * parts["depth"]
+    if "yaw" in batch and weights.yaw > 0:
+        parts["yaw"] = yaw_loss(out.params.rotation, batch["yaw"])
+        total = total + weights.yaw * parts["yaw"]
     if "rotation" in batch and weights.pose > 0:
         parts["pose"] = pose_loss(out.params.rotation, batch["rotation"], batch.get("has_vertices"))
         total = total + weights.pose * parts["pose"]
