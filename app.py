@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="create a public Gradio link")
     parser.add_argument("--backend", choices=("torch", "onnx"), default=os.environ.get("FACERECON_BACKEND", "torch"),
                         help="regressor back-end (onnx needs onnxruntime)")
+    parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("FACERECON_FLIP_TEST", "1").lower() not in ("0", "false", "no"),
+                        help="average with the mirrored crop's prediction (more accurate, ~2x regressor time)")
     return parser.parse_args(argv)
 
 
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     """Start the app."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    demo = build_demo(DemoRunner(args.model, backend=args.backend), concurrency_limit=args.concurrency)
+    runner = DemoRunner(args.model, backend=args.backend, flip_test=args.flip_test)
+    demo = build_demo(runner, concurrency_limit=args.concurrency)
     demo.queue(max_size=32).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 

@@ -51,12 +51,14 @@ class DemoRunner:
         workdir: folder for per-request output folders (a temp folder by default).
         max_age_s: request folders older than this are deleted on later requests.
         backend: regressor back-end, "torch" or "onnx" (see :class:`facerecon.inference.pipeline.Reconstructor`).
+        flip_test: average each face with its mirrored crop's prediction (see :meth:`FaceRecon.forward`).
     """
 
     def __init__(self, model_source: str | None = None, workdir: str | Path | None = None,
-                 max_age_s: float = 3600.0, backend: str = "torch") -> None:
+                 max_age_s: float = 3600.0, backend: str = "torch", flip_test: bool = True) -> None:
         self.model_source = model_source
         self.backend = backend
+        self.flip_test = flip_test
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "facerecon-app"
         self.max_age_s = max_age_s
         self._model = None
@@ -106,7 +108,8 @@ class DemoRunner:
         img, factor = downscale_to_max_side(img, MAX_SIDE)
         if factor < 1.0:
             notes.append(f"The {w0}x{h0} photo was downscaled to {img.shape[1]}x{img.shape[0]}.")
-        faces = self.model.reconstruct(img, max_faces=None if all_faces else 1, backend=self.backend)
+        faces = self.model.reconstruct(img, max_faces=None if all_faces else 1, backend=self.backend,
+                                       flip_test=self.flip_test)
         workdir = self.workdir / uuid.uuid4().hex
         workdir.mkdir(parents=True)
 

@@ -60,6 +60,10 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0
     assert saved["timing"]["model_forward_ms"] > 0
     assert res["aflw2000"]["nme_all"] == pytest.approx(saved["aflw2000"]["nme_all"])
+    flipped = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--flip-test",
+                    "--skip", "detection", "ssim", "synthetic", "timing", "fairness"])
+    assert flipped["flip_test"] and flipped["aflw2000"]["n_images"] == 8
+    assert flipped["aflw2000"]["nme_all"] != pytest.approx(res["aflw2000"]["nme_all"], rel=1e-6)
 
 
 def test_model_card_from_results(tmp_path):

@@ -568,3 +568,42 @@ def test_cuda_smoke() -> None:
     assert crop_affine(box, 64).device.type == "cuda"
     assert image_to_crop(cam[..., :2], box, 64).device.type == "cuda"
     assert sh_shading(vertex_normals(v, cube_faces().to(dev)), torch.randn(1, 9, 3, device=dev)).device.type == "cuda"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mean_rotation_halves_the_angle_and_is_a_rotation(dtype: torch.dtype) -> None:
+    from facerecon.geometry import mean_rotation
+
+    a = torch.tensor([[0.0, 0.0, 0.2], [0.4, 0.0, 0.0]], dtype=dtype)  # axis-angle
+    b = torch.tensor([[0.0, 0.0, 1.0], [-0.2, 0.0, 0.0]], dtype=dtype)
+    r = mean_rotation(torch.stack([axis_angle_to_matrix(a), axis_angle_to_matrix(b)], dim=1))  # (2, 3, 3)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(r, axis_angle_to_matrix((a + b) / 2), atol=tol)  # same axis: the mean angle
+    assert torch.allclose(torch.linalg.det(r), torch.ones(2, dtype=dtype), atol=tol)
+    one = axis_angle_to_matrix(torch.tensor([[0.3, -0.5, 0.7]], dtype=dtype))
+    assert torch.allclose(mean_rotation(one[:, None].expand(1, 3, 3, 3)), one, atol=tol)  # mean of copies
+
+
+def test_mirror_rotation_flips_yaw_and_roll_and_mirrors_points() -> None:
+    from facerecon.geometry import mirror_rotation
+
+    angles = torch.tensor([[0.4, -0.2, 0.3], [-1.1, 0.5, -0.7]], dtype=torch.float64)
+    r = euler_to_matrix(angles)
+    m = mirror_rotation(r)
+    assert torch.allclose(matrix_to_euler(m), angles * torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64))
+    assert torch.allclose(mirror_rotation(m), r)
+    # Rotating the mirrored points with M R M gives the mirror image of the rotated points.
+    pts = torch.randn(2, 5, 3, dtype=torch.float64)
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.allclose((pts * flip) @ m.transpose(1, 2), (pts @ r.transpose(1, 2)) * flip)
+
+
+def test_sh_mirror_signs_mirror_the_shading() -> None:
+    from facerecon.geometry import SH_MIRROR_X_SIGNS
+
+    n = torch.nn.functional.normalize(torch.randn(2, 50, 3, dtype=torch.float64), dim=-1)
+    coeffs = torch.randn(2, 9, 3, dtype=torch.float64)
+    mirrored = coeffs * torch.tensor(SH_MIRROR_X_SIGNS, dtype=torch.float64)[:, None]
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(sh_shading(n * flip, mirrored), sh_shading(n, coeffs))
+    assert not torch.allclose(sh_shading(n * flip, coeffs), sh_shading(n, coeffs))

@@ -236,3 +236,64 @@ def test_batchnorm_folding_matches_and_tracks_weight_updates(tiny_model, astrona
         assert rec._fused[2] is not first and np.abs(changed.vertices - expected.vertices).max() < 1e-3
     finally:
         tiny_model.load_state_dict(saved)
+
+
+def test_mirror_parameters_decode_to_the_mirror_image(tiny_model):
+    from facerecon.morphable.ict import MIRROR_68
+
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64)
+    mm = tiny_model.morphable
+    # The landmark vertices are mirror-consistent, so decoded landmarks mirror exactly (up to the identity fit).
+    assert torch.equal(mm.vertex_mirror[mm.landmark_index], mm.landmark_index[list(MIRROR_68)])
+    with torch.no_grad():
+        out = tiny_model(x)
+        mirrored = tiny_model.decode(tiny_model.mirror_parameters(out.params))
+    s = tiny_model.config.input_size
+    expected = out.landmarks_2d[:, list(MIRROR_68)] * torch.tensor([-1.0, 1.0]) + torch.tensor([s - 1.0, 0.0])
+    assert torch.allclose(mirrored.landmarks_2d, expected, atol=2e-3)  # pixels
+    flip = torch.tensor([-1.0, 1.0, 1.0])
+    err = (mirrored.vertices - out.vertices[:, mm.vertex_mirror] * flip).norm(dim=-1)
+    assert err.mean() < 0.05 and err.max() < 2.0  # mm: ICT-FaceKit's identity modes are mirror-closed to ~1 %
+    assert torch.allclose(mirrored.euler, out.euler * torch.tensor([-1.0, 1.0, -1.0]), atol=1e-5)
+    assert (mirrored.colors - out.colors[:, mm.vertex_mirror]).abs().mean() < 5e-3
+    twice = tiny_model.mirror_parameters(tiny_model.mirror_parameters(out.params))
+    assert torch.allclose(twice.identity, out.params.identity, atol=0.05)
+    assert torch.equal(twice.expression, out.params.expression) and torch.equal(twice.rotation, out.params.rotation)
+
+
+def test_flip_test_averages_a_crop_with_its_mirror(tiny_model):
+    from facerecon.models.facerecon import average_parameters
+    from facerecon.morphable.ict import MIRROR_68
+
+    torch.manual_seed(2)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        got = tiny_model(x, flip_test=True)
+        plain, flipped = tiny_model(x), tiny_model(x.flip(-1))
+        want = average_parameters(plain.params, tiny_model.mirror_parameters(flipped.params))
+        assert torch.allclose(got.params.rotation, want.rotation, atol=1e-5)
+        assert torch.allclose(got.params.identity, want.identity, atol=1e-5)
+        assert torch.allclose(got.attention, plain.attention, atol=1e-6)
+        # Flip-tested predictions of an image and of its mirror are mirror images of each other.
+        other = tiny_model(x.flip(-1), flip_test=True)
+    s = tiny_model.config.input_size
+    mirrored = other.landmarks_2d[:, list(MIRROR_68)] * torch.tensor([-1.0, 1.0]) + torch.tensor([s - 1.0, 0.0])
+    assert torch.allclose(got.landmarks_2d, mirrored, atol=0.02)
+    # Not the same as the plain forward, and the average of one prediction is itself.
+    assert not torch.allclose(got.landmarks_2d, plain.landmarks_2d, atol=1e-3)
+    one = average_parameters(plain.params)
+    assert torch.allclose(one.rotation, plain.params.rotation, atol=1e-6) and torch.equal(one.scale, plain.params.scale)
+    with pytest.raises(ValueError, match="even batch"):
+        tiny_model.merge_flipped(plain.params)
+    with pytest.raises(ValueError, match="same batch size"):
+        average_parameters(plain.params, plain.params[:2])
+
+
+def test_mirror_expression_index_swaps_sides():
+    from facerecon.morphable.model import mirror_expression_index
+
+    names = ("browDown_L", "browDown_R", "jawLeft", "jawOpen", "jawRight")
+    assert mirror_expression_index(names) == [1, 0, 4, 3, 2]
+    with pytest.raises(ValueError, match="eyeBlink_L"):
+        mirror_expression_index(("eyeBlink_L", "jawOpen"))

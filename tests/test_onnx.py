@@ -42,6 +42,10 @@ def test_onnx_backend_reconstruct_matches_torch(tiny_model, exported, astronaut)
     assert np.abs(ref.vertices - got.vertices).max() < 1e-2  # mm
     assert np.abs(ref.landmarks - got.landmarks).max() < 1e-2  # pixels
     assert abs(ref.yaw - got.yaw) < 1e-3
+    ref_f = Reconstructor(tiny_model, flip_test=True)(astronaut, box=box)[0]
+    got_f = Reconstructor(tiny_model, backend="onnx", onnx_path=exported, flip_test=True)(astronaut, box=box)[0]
+    assert np.abs(ref_f.landmarks - got_f.landmarks).max() < 1e-2 and abs(ref_f.yaw - got_f.yaw) < 1e-3
+    assert np.abs(ref_f.landmarks - ref.landmarks).max() > 1e-3  # the flip test changes the result
 
 
 def test_cached_export_and_errors(tiny_model, tmp_path):

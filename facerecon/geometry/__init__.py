@@ -42,12 +42,15 @@ from facerecon.geometry.rotation import (
     matrix_to_axis_angle,
     matrix_to_euler,
     matrix_to_rotation_6d,
+    mean_rotation,
+    mirror_rotation,
     rotation_6d_to_matrix,
 )
-from facerecon.geometry.sh import SH_CONSTANTS, sh_basis, sh_shading, shade
+from facerecon.geometry.sh import SH_CONSTANTS, SH_MIRROR_X_SIGNS, sh_basis, sh_shading, shade
 
 __all__ = [
     "SH_CONSTANTS",
+    "SH_MIRROR_X_SIGNS",
     "axis_angle_to_matrix",
     "box_area",
     "box_from_points",
@@ -62,6 +65,8 @@ __all__ = [
     "matrix_to_axis_angle",
     "matrix_to_euler",
     "matrix_to_rotation_6d",
+    "mean_rotation",
+    "mirror_rotation",
     "model_to_camera",
     "rotation_6d_to_matrix",
     "scale_box",

@@ -14,6 +14,8 @@ __all__ = [
     "matrix_to_axis_angle",
     "matrix_to_euler",
     "matrix_to_rotation_6d",
+    "mean_rotation",
+    "mirror_rotation",
     "rotation_6d_to_matrix",
 ]
 
@@ -219,3 +221,40 @@ def matrix_to_euler(matrix: torch.Tensor) -> torch.Tensor:
     pitch_locked = _safe_atan2(sin_yaw_sign * m[..., 1, 0], m[..., 1, 1], ~regular)
     pitch = torch.where(regular, pitch_regular, pitch_locked)
     return torch.stack([yaw, pitch, roll_regular], dim=-1)
+
+
+def mirror_rotation(matrix: torch.Tensor) -> torch.Tensor:
+    """The rotation of the mirror-image head: ``M @ R @ M`` with ``M = diag(-1, 1, 1)``.
+
+    Args:
+        matrix: (..., 3, 3) rotation matrices.
+
+    Returns:
+        (..., 3, 3) rotations. If ``R`` turns a face, ``M R M`` turns the x-mirrored face so that the result is the
+        x-mirrored image of the original (Euler angles: yaw and roll change sign, pitch is kept).
+
+    Convention: model/view frame (+x subject's left); mirroring is x -> -x in both frames.
+    """
+    sign = torch.tensor([-1.0, 1.0, 1.0], device=matrix.device, dtype=matrix.dtype)
+    return matrix * sign[:, None] * sign[None, :]
+
+
+def mean_rotation(matrices: torch.Tensor) -> torch.Tensor:
+    """Chordal L2 mean of rotations: the rotation nearest (Frobenius) to their arithmetic mean.
+
+    Args:
+        matrices: (..., K, 3, 3) K rotations per batch element.
+
+    Returns:
+        (..., 3, 3) ``U diag(1, 1, det(U V^T)) V^T`` for the SVD ``U S V^T`` of the mean matrix. For two rotations
+        about one axis by angles a and b (|a - b| < pi) this is the rotation by (a + b) / 2.
+
+    Convention: as the inputs (no frame assumption); undefined when the mean matrix is rank-deficient (rotations
+    spread over a half-turn or more).
+    """
+    avg = matrices.mean(dim=-3)
+    u, _, vh = torch.linalg.svd(avg)
+    d = torch.linalg.det(u @ vh)
+    fix = torch.ones_like(avg[..., 0])  # (..., 3)
+    fix = torch.cat([fix[..., :2], d[..., None]], dim=-1)
+    return (u * fix[..., None, :]) @ vh

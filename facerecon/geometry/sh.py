@@ -18,7 +18,7 @@ import math
 
 import torch
 
-__all__ = ["SH_CONSTANTS", "sh_basis", "sh_shading", "shade"]
+__all__ = ["SH_CONSTANTS", "SH_MIRROR_X_SIGNS", "sh_basis", "sh_shading", "shade"]
 
 _K1 = 2.0 / math.sqrt(3.0)
 _K2 = math.sqrt(15.0) / 4.0
@@ -27,6 +27,11 @@ _K4 = math.sqrt(15.0) / 8.0
 
 #: Constants multiplying [1, y, z, x, xy, yz, 3z^2 - 1, xz, x^2 - y^2] in :func:`sh_basis` (plain floats).
 SH_CONSTANTS: tuple[float, ...] = (1.0, _K1, _K1, _K1, _K2, _K2, _K3, _K2, _K4)
+
+
+#: Sign of each basis function under the mirror x -> -x (the terms odd in x: x, xy, xz): the SH coefficients of
+#: the mirror-image lighting are ``coeffs * SH_MIRROR_X_SIGNS`` per basis index.
+SH_MIRROR_X_SIGNS: tuple[float, ...] = (1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, 1.0)
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,73 @@ DEFAULT_SKIN_ALBEDO = (0.62, 0.46, 0.38)
 DEFAULT_TINT_STD = 0.12
 
 
+def mirror_expression_index(names: tuple[str, ...] | list[str]) -> list[int]:
+    """Index of each blendshape's mirror image: ``mirrored[:, i] = weights[:, index[i]]``.
+
+    ARKit-style names: ``*_L`` <-> ``*_R`` and ``*Left*`` <-> ``*Right*`` (``jawLeft``, ``mouthLeft``); the others
+    (``jawOpen``, ``mouthFunnel``, ...) are their own mirror image.
+
+    Raises:
+        ValueError: when the mirror name of a blendshape is not among ``names``.
+    """
+    def mirrored(n: str) -> str:
+        if n.endswith("_L"):
+            return n[:-2] + "_R"
+        if n.endswith("_R"):
+            return n[:-2] + "_L"
+        if "Left" in n:
+            return n.replace("Left", "Right")
+        if "Right" in n:
+            return n.replace("Right", "Left")
+        return n
+
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [n for n in names if mirrored(n) not in pos]
+    if missing:
+        raise ValueError(f"blendshapes without a mirror image among the names: {missing}")
+    return [pos[mirrored(n)] for n in names]
+
+
+def linear_mirror_map(mean: torch.Tensor, basis: torch.Tensor, std: torch.Tensor, vertex_mirror: torch.Tensor,
+                      flip_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficient map of the mirror image for a linear model ``mean + sum_k c_k std_k basis_k``.
+
+    The mirror of a per-vertex field ``v`` is ``v[vertex_mirror] * (-1, 1, 1)`` for positions (``flip_x``) and
+    ``v[vertex_mirror]`` for colours. The coefficients of the mirrored field are its least-squares fit,
+    ``c' = c @ T^T + o``: exact when the model is closed under mirroring (ICT-FaceKit's identity modes are to about
+    1 %).
+
+    Args:
+        mean: (N, 3) mean field.
+        basis: (K, N, 3) modes.
+        std: (K,) mode scales.
+        vertex_mirror: (N,) mirror-image vertex of each vertex.
+        flip_x: negate the x component (positions) or not (colours).
+
+    Returns:
+        ``(T, o)``: (K, K) matrix and (K,) offset, in the dtype of ``mean``.
+    """
+    k = basis.shape[0]
+    sign = torch.tensor([-1.0 if flip_x else 1.0, 1.0, 1.0], dtype=torch.float64, device=mean.device)
+    modes = basis.double() * std.double()[:, None, None]
+    a = modes.reshape(k, -1).T  # (3N, K)
+    ma = (modes[:, vertex_mirror] * sign).reshape(k, -1).T
+    m = mean.double()
+    dm = ((m[vertex_mirror] * sign) - m).reshape(-1, 1)
+    sol = torch.linalg.lstsq(a, torch.cat([ma, dm], dim=1)).solution  # (K, K + 1)
+    return sol[:, :k].to(mean.dtype), sol[:, k].to(mean.dtype)
+
+
+def _cached_map(module: nn.Module, name: str, build, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build once per (device, dtype) and keep in ``module.__dict__`` (a rebuildable cache, not a buffer)."""
+    cache = module.__dict__.setdefault(name, {})
+    key = (like.device, like.dtype)
+    if key not in cache:
+        t, o = build()
+        cache[key] = (t.to(like), o.to(like))
+    return cache[key]
+
+
 class MorphableModel(nn.Module):
     """Linear face model: ``V = mean + sum_k a_k sigma_k U_k + sum_j e_j B_j``.
 
@@ -50,6 +117,8 @@ class MorphableModel(nn.Module):
             raise ValueError(f"landmark_index must be 68 vertex indices in [0, {data.mean.shape[0]})")
         self.register_buffer("landmark_index", lmk.clone(), persistent=False)
         self.register_buffer("landmark_mirror", data.landmark_mirror.clone(), persistent=False)
+        self.register_buffer("expression_mirror", torch.tensor(mirror_expression_index(data.expression_names)),
+                             persistent=False)
         self.register_buffer("vertex_mirror", data.vertex_mirror.clone(), persistent=False)
         self.register_buffer("landmark_mean", self.mean[lmk].clone(), persistent=False)
         self.register_buffer("landmark_identity_basis", self.identity_basis[:, lmk].clone(), persistent=False)
@@ -59,6 +128,7 @@ class MorphableModel(nn.Module):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
         state.pop("_incidence", None)  # a rebuildable cache (sparse tensors cannot be deep-copied or pickled)
+        state.pop("_identity_mirror", None)
         return state
 
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
@@ -109,6 +179,26 @@ class MorphableModel(nn.Module):
         """(B, N, 3) -> (B, 68, 3) landmark vertices."""
         return vertices.index_select(-2, self.landmark_index)
 
+    def mirror_coefficients(self, identity: torch.Tensor,
+                            expression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coefficients of the mirror-image face (x -> -x in the model frame, left and right swapped).
+
+        Args:
+            identity: (B, K) identity coefficients.
+            expression: (B, E) blendshape weights.
+
+        Returns:
+            ``(identity', expression')``: the least-squares identity fit of the mirrored shape (see
+            :func:`linear_mirror_map`) and the blendshape weights with left and right swapped
+            (:func:`mirror_expression_index`). ``shape(identity', expression')`` is, to the model's mirror
+            closure, ``shape(identity, expression)[:, vertex_mirror] * (-1, 1, 1)``.
+
+        Convention: model frame.
+        """
+        t, o = _cached_map(self, "_identity_mirror", lambda: linear_mirror_map(
+            self.mean, self.identity_basis, self.identity_std, self.vertex_mirror, flip_x=True), identity)
+        return identity @ t.T + o, expression.index_select(-1, self.expression_mirror)
+
 
 class AlbedoModel(nn.Module):
     """Linear per-vertex albedo model: ``A = clamp(mean + sum_k c_k sigma_k U_k, 0, 1)``.
@@ -151,6 +241,22 @@ class AlbedoModel(nn.Module):
     def n_components(self) -> int:
         """Number of albedo coefficients K."""
         return self.basis.shape[0]
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_albedo_mirror", None)
+        return state
+
+    def mirror_coefficients(self, coeffs: torch.Tensor, vertex_mirror: torch.Tensor) -> torch.Tensor:
+        """(B, K) coefficients of the left-right mirrored albedo (least-squares fit, :func:`linear_mirror_map`).
+
+        Args:
+            coeffs: (B, K) albedo coefficients.
+            vertex_mirror: (N,) mirror-image vertex of each vertex of the mesh.
+        """
+        t, o = _cached_map(self, "_albedo_mirror", lambda: linear_mirror_map(
+            self.mean, self.basis, self.std, vertex_mirror, flip_x=False), coeffs)
+        return coeffs @ t.T + o
 
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, K) coefficients -> (B, N, 3) albedo in [0, 1] (sRGB-encoded values, like the photo)."""
