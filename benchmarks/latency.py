@@ -10,6 +10,8 @@ Stages, each timed once per image over ``--images`` photos after a warm-up (batc
 - ``reconstruct(box)``: ``reconstruct()`` of a 450 x 450 photo given a face box (crop, regress, re-crop from the
   landmarks, regress with the mesh, assemble the result);
 - ``reconstruct(detect)``: the same with face detection;
+- ``forward, flip test`` and ``reconstruct(detect), flip test``: with ``flip_test=True`` (the mirrored crop is
+  regressed too and averaged; the app's and CLI's default);
 - ``export GLB``: writing the reconstructed mesh as GLB (vertex colours), and ``export GLB (textured)``.
 
 Photos are AFLW2000-3D dev images when ``--data`` exists (else the scikit-image astronaut, resized). The face box for
@@ -116,6 +118,9 @@ def run(model_source: str | None, data: Path | None, n_images: int, threads: int
         pairs = list(zip(kept, boxes, strict=True))
         add("reconstruct(box)", backend, time_each(lambda p, r=rec: r(p[0], box=p[1]), pairs))
         add("reconstruct(detect)", backend, time_each(lambda img, r=rec: r(img, max_faces=1), kept))
+        flip = Reconstructor(model, backend=backend, onnx_threads=onnx_threads, flip_test=True)
+        add("forward, flip test", backend, time_each(lambda x, r=flip: r.forward(x, landmarks_only=True), crops))
+        add("reconstruct(detect), flip test", backend, time_each(lambda img, r=flip: r(img, max_faces=1), kept))
     faces = [reference(img, box=b)[0] for img, b in zip(kept[:50], boxes[:50], strict=True)]
     add("export GLB", "-", time_each(lambda f: f.export(tmp / "face.glb"), faces))
     add("export GLB (textured)", "-", time_each(lambda f: f.export(tmp / "face_tex.glb", texture=True), faces))

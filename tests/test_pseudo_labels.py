@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.config import TrainConfig
 from training.data import N_LANDMARKS, FaceSample, _extend_np, add_pseudo_labels, load_pseudo_labels
@@ -209,3 +210,52 @@ def test_mix_batches_gives_synthetic_faces_no_depth_target():
     out = mix_batches(real, synth)
     assert out["depth"].shape == (5, 71) and out["depth_weights"][:2].min() == 1
     assert out["depth_weights"][2:].max() == 0
+
+
+def test_pseudo_jaw_only_on_faces_turned_up_to_the_limit_and_jaw_depth_dropped(tmp_path):
+    import cv2
+
+    from training.data import JAW_POINTS, RealFaceDataset
+
+    rng = np.random.default_rng(3)
+    truth = _face(rng, 3)
+    w = np.zeros(N_LANDMARKS)
+    w[[17, 19, 21, 22, 24, 26, 36, 39, 42, 45, 30, 48, 54, 8]] = 1.0
+    recs = [dataclasses.replace(_record(f"f{i}.jpg", truth[i], w), yaw=y) for i, y in enumerate((10.0, -50.0))]
+    recs.append(dataclasses.replace(_record("f2.jpg", truth[2], w), source="300w", yaw_estimate=20.0))
+    labels = {"names": np.array(["f0.jpg", "f1.jpg", "f2.jpg"]), "landmarks": truth.astype(np.float32),
+              "found": np.ones(3, bool), "depth": rng.normal(0, 5, (3, 68)).astype(np.float32)}
+    out, _ = add_pseudo_labels(recs, labels, weight=0.5, jaw_max_yaw=30.0, jaw_depth=False)
+    jaw = np.zeros(N_LANDMARKS, bool)
+    jaw[JAW_POINTS] = True
+    fill = (w == 0) & ~jaw
+    assert (out[0].weights[jaw & (w == 0)] == 0.5).all() and (out[2].weights[jaw & (w == 0)] == 0.5).all()
+    assert (out[1].weights[jaw & (w == 0)] == 0).all() and (out[1].weights[fill] == 0.5).all()  # |yaw| 50 > 30
+    assert out[1].weights[8] == 1.0  # a manual chin stays
+    for r in out:
+        assert np.isnan(r.depth[jaw]).all() and np.isfinite(r.depth[~jaw]).all()
+    default, _ = add_pseudo_labels(recs, labels, weight=0.5)
+    assert (default[1].weights[jaw & (w == 0)] == 0.5).all() and np.isfinite(default[1].depth).all()
+    # The dataset turns NaN depth into "no target" at those points.
+    img_path = tmp_path / "f.png"
+    cv2.imwrite(str(img_path), rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    item = RealFaceDataset([dataclasses.replace(out[0], image_path=img_path)], size=100)[0]
+    assert item["depth_weights"][jaw].max() == 0 and item["depth_weights"][~jaw].min() == 1
+    assert np.isfinite(item["depth"].numpy()).all()
+    with pytest.raises(ValueError, match="pseudo_jaw_max_yaw"):
+        TrainConfig(pseudo_jaw_max_yaw=-1.0)
+
+
+def test_ear_anchored_jaw_moves_only_the_jaw_symmetrically(tiny_model):
+    from training.fit_landmarks import CHIN_POINT, ear_anchored_jaw, jaw_depth_taper
+
+    assert [jaw_depth_taper(i) for i in (0, 2, 4, 5, 6, 7, 8, 12, 16)] == [1, 1, 1, 0.75, 0.5, 0.25, 0, 1, 1]
+    try:
+        index, report = ear_anchored_jaw(tiny_model, limit=8, batch_size=8)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    m = tiny_model.morphable
+    assert torch.equal(index[17:], m.landmark_index[17:]) and index[CHIN_POINT] == m.landmark_index[CHIN_POINT]
+    assert all(int(index[16 - i]) == int(m.vertex_mirror[index[i]]) for i in range(17))
+    assert report["train_faces"] == 8 and report["ear_error_train_after"] <= report["ear_error_train_before"]
+    assert len(report["jaw_moved_mm"]) == 17 and report["jaw_moved_mm"][CHIN_POINT] == 0.0

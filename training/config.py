@@ -53,6 +53,8 @@ class TrainConfig:
             correspondence stored in the pseudo-label files).
         pseudo_weight: loss weight of the pseudo-labelled points.
         pseudo_max_nme: a face's pseudo-labels are used only when they agree with its manual points to this NME.
+        pseudo_jaw_max_yaw: pseudo-label jaw points only on faces with |yaw| up to this (None: every face).
+        pseudo_jaw_depth: use the pseudo-labels' depth of the jaw points.
         batch_size: global batch per optimisation step (split over processes and accumulation steps).
         grad_accum: gradient-accumulation steps.
         lr, weight_decay, warmup_steps, max_steps, epochs: optimisation (Adam, lr 1e-3 in the paper).
@@ -80,6 +82,8 @@ class TrainConfig:
     pseudo_map: str | None = None
     pseudo_weight: float = 0.5
     pseudo_max_nme: float = 0.08
+    pseudo_jaw_max_yaw: float | None = None
+    pseudo_jaw_depth: bool = True
     jaw_turned_weight: float = 0.5
     synthetic_pitch_std: float = 12.0
     batch_size: int = 64
@@ -136,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"pseudo_weight must be in (0, 1], got {self.pseudo_weight}")
         if self.pseudo_max_nme <= 0:
             raise ValueError(f"pseudo_max_nme must be > 0, got {self.pseudo_max_nme}")
+        if self.pseudo_jaw_max_yaw is not None and not 0 <= self.pseudo_jaw_max_yaw <= 180:
+            raise ValueError(f"pseudo_jaw_max_yaw must be in [0, 180] degrees or null, got {self.pseudo_jaw_max_yaw}")
 
     def model_config(self) -> FaceReconConfig:
         """The model configuration."""

@@ -90,6 +90,8 @@ SOURCE_IDS: dict[str, int] = {name: i for i, name in enumerate(SOURCES)}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 N_LANDMARKS = 71
+#: The 17 jaw points (iBUG 0-16) of the extended layout.
+JAW_POINTS = slice(0, 17)
 LEFT_EYE_CENTRE, RIGHT_EYE_CENTRE, MOUTH_CENTRE = 68, 69, 70
 
 #: Left/right mirror permutation of the extended layout: ``mirrored[i] = points[EXTENDED_MIRROR[i]]`` after
@@ -401,7 +403,8 @@ def load_pseudo_labels(path: str | os.PathLike, mapping: str | os.PathLike | Non
 
 
 def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike | dict[str, np.ndarray],
-                      weight: float = 0.5, max_nme: float = 0.08, min_shared: int = 6
+                      weight: float = 0.5, max_nme: float = 0.08, min_shared: int = 6,
+                      jaw_max_yaw: float | None = None, jaw_depth: bool = True
                       ) -> tuple[list[FaceSample], PseudoLabelStats]:
     """Fill the missing targets of records with pseudo-labels (``training/pseudo_label.py``) that agree with them.
 
@@ -419,6 +422,11 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
         weight: loss weight of the added points, in (0, 1].
         max_nme: agreement gate.
         min_shared: fewest manual points needed to judge agreement.
+        jaw_max_yaw: when set, the 17 jaw points are filled only on faces with a known |yaw| (AFLW's label, else
+            300-W's estimate) up to this many degrees. MediaPipe's face-oval points are fixed points on the front
+            of the jaw; at large yaw they no longer stand for jaw landmarks defined further back (see
+            :func:`training.fit_landmarks.ear_anchored_jaw`).
+        jaw_depth: keep the jaw points' pseudo-label depth (False: NaN, i.e. no depth target there).
 
     Returns:
         The records (accepted ones replaced by updated copies) and the :class:`PseudoLabelStats`.
@@ -457,6 +465,10 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
             out.append(r)
             continue
         fill = r.weights <= 0
+        if jaw_max_yaw is not None:
+            yaw = r.yaw if math.isfinite(r.yaw) else r.yaw_estimate
+            if not (math.isfinite(yaw) and abs(yaw) <= jaw_max_yaw):
+                fill[JAW_POINTS] = False
         lmk = r.landmarks.copy()
         w = r.weights.copy()
         lmk[fill] = ext[fill]
@@ -464,6 +476,8 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
         depth = None
         if depth_all is not None and np.isfinite(depth_all[i]).all():
             depth = _extend_np(depth_all[i][:, None])[:, 0].astype(np.float32)
+            if not jaw_depth:
+                depth[JAW_POINTS] = np.nan
         stats.accepted += 1
         stats.points += int(fill.sum())
         out.append(dataclasses.replace(r, landmarks=lmk.astype(np.float32), weights=w, depth=depth))
@@ -888,7 +902,7 @@ class RealFaceDataset(Dataset):
     pixels (0-based centres); ``weights`` (71,) float32; ``source`` (int, :data:`SOURCE_IDS`); ``index`` (int);
     ``yaw`` (float degrees, NaN if unknown; negated by a horizontal flip); ``has_landmarks`` (bool); ``race`` (int,
     UTKFace race code or -1); ``depth`` (71,) float32 relative point depth in crop pixels and ``depth_weights`` (71,)
-    (1 where the record has pseudo-label depth, else 0).
+    (1 where the record has pseudo-label depth for that point, else 0).
 
     Without augmentation the crop is :func:`facerecon.inference.crop.crop_face` of the record's box (exactly the
     inference crop) and the sample is deterministic. With augmentation the random state of item ``i`` is
@@ -980,7 +994,8 @@ class RealFaceDataset(Dataset):
         if rec.depth is not None:
             # In-plane similarity warps scale depth like x and y; a mirror permutes the points but keeps depth.
             depth = (rec.depth[list(EXTENDED_MIRROR)] if flipped else rec.depth) * np.float32(depth_scale)
-            depth_w[:] = 1.0
+            depth_w = np.isfinite(depth).astype(np.float32)  # NaN: no depth target at that point
+            depth = np.where(depth_w > 0, depth, 0.0).astype(np.float32)
         return {
             # numpy, not torch ops: torch's intra-op threads cost milliseconds per small tensor on a busy CPU.
             "image": torch.from_numpy(crop.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)),

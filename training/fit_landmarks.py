@@ -101,12 +101,13 @@ def choose_symmetric(mean_cost: torch.Tensor, candidates: torch.Tensor, landmark
     return out
 
 
-def _records(split: str, max_yaw: float, sources: list[str]) -> list[Any]:
+def _records(split: str, max_yaw: float, sources: list[str], min_yaw: float = -1.0) -> list[Any]:
     from training.data import make_splits
 
     recs = [r for r in make_splits(seed=0, sources=sources)[split] if r.has_landmarks]
     yaw = [r.yaw if r.source == "aflw" else r.yaw_estimate for r in recs]
-    return [r for r, y in zip(recs, yaw, strict=True) if y is not None and math.isfinite(y) and abs(y) <= max_yaw]
+    return [r for r, y in zip(recs, yaw, strict=True)
+            if y is not None and math.isfinite(y) and min_yaw < abs(y) <= max_yaw]
 
 
 def _batches(model: Any, records: list[Any], batch_size: int):
@@ -172,6 +173,80 @@ def fit_landmarks(model: Any, radius: float = 20.0, max_yaw: float = 30.0, sourc
     return chosen, report
 
 
+#: iBUG jaw points that 3DDFA maps AFLW's ear lobes to (see :data:`training.data.AFLW21_TO_EXTENDED`), and the chin.
+EAR_POINTS, CHIN_POINT = (2, 14), 8
+
+
+def jaw_depth_taper(i: int) -> float:
+    """Share of the ear points' depth shift given to jaw point ``i``: 1 from the ears up, linear to 0 at the chin."""
+    return min(1.0, abs(i - CHIN_POINT) / 4.0)
+
+
+def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, max_yaw: float = 90.0,
+                     batch_size: int = 64, limit: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Move the jaw landmarks back in depth to where AFLW's ear-lobe annotations put jaw points 2 / 14.
+
+    On a frontal face a 2D annotation cannot tell how deep a jaw point lies (every vertex along the line of sight
+    projects to the same place), so :func:`fit_landmarks` leaves ICT-FaceKit's jaw on the frontal silhouette. Turned
+    faces can: AFLW labels the ear lobes, which 3DDFA (whose fits define AFLW2000-3D's 68 points) maps to jaw points
+    2 / 14. This picks the mirror-symmetric vertex pair within ``radius`` mm of points 2 / 14 that best matches the
+    ear labels of the AFLW *training* crops with ``min_yaw < |yaw| <= max_yaw`` (ears visible, depth observable), and
+    shifts the whole jaw contour back by the same depth, tapering linearly to zero at the chin (whose own AFLW
+    label pins it, :func:`jaw_depth_taper`): each point becomes the surface vertex nearest to its shifted position.
+
+    Returns:
+        ``(index (68,), report)``; the report has the ear points' mean normalised error on the training and
+        validation crops before and after, the depth shift and the distance each jaw point moved.
+    """
+    morph = model.morphable
+    current = morph.landmark_index.clone()
+    train, val = (_records(s, max_yaw, ["aflw"], min_yaw) for s in ("train", "val"))
+    if limit:
+        train, val = train[:limit], val[:limit]
+    logger.info("ear fit on %d training crops (%g < |yaw| <= %g), checking on %d validation crops", len(train),
+                min_yaw, max_yaw, len(val))
+    ears = torch.tensor(EAR_POINTS)
+    cand = candidate_vertices(morph.mean, current[ears], radius)
+    pair_mirror = torch.tensor([1, 0])
+    cost = _costs_subset(model, train, cand, ears, batch_size)
+    chosen_ears = choose_symmetric(cost.float(), cand, pair_mirror, morph.vertex_mirror)
+    dz = float((morph.mean[chosen_ears, 2] - morph.mean[current[ears], 2]).mean())
+    mean = morph.mean
+    index = current.clone()
+    for i in range(CHIN_POINT):
+        target = mean[current[i]] + torch.tensor([0.0, 0.0, jaw_depth_taper(i) * dz])
+        side = mean[:, 0] * mean[current[i], 0] > 0  # the same half of the face
+        d = torch.where(side, (mean - target).norm(dim=1), torch.full_like(mean[:, 0], float("inf")))
+        index[i] = int(d.argmin())
+        index[16 - i] = morph.vertex_mirror[index[i]]
+    index[ears] = chosen_ears
+    index[16 - ears] = morph.vertex_mirror[chosen_ears]
+    val_cost = _costs_subset(model, val, cand, ears, batch_size)
+    moved = (mean[index] - mean[current]).norm(dim=-1)
+    report = {
+        "method": "ear_anchored_jaw", "train_faces": len(train), "val_faces": len(val), "min_yaw_deg": min_yaw,
+        "max_yaw_deg": max_yaw, "radius_mm": radius, "depth_shift_mm": dz,
+        "ear_error_train_before": float(_nme_of(cost, cand, current[ears]).mean()),
+        "ear_error_train_after": float(_nme_of(cost, cand, chosen_ears).mean()),
+        "ear_error_val_before": float(_nme_of(val_cost, cand, current[ears]).mean()),
+        "ear_error_val_after": float(_nme_of(val_cost, cand, chosen_ears).mean()),
+        "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
+    }
+    return index, report
+
+
+def _costs_subset(model: Any, records: list[Any], candidates: torch.Tensor, points: torch.Tensor,
+                  batch_size: int) -> torch.Tensor:
+    """:func:`_costs` for a subset of the landmarks (``candidates`` has one row per entry of ``points``)."""
+    sums = torch.zeros(candidates.shape, dtype=torch.float64)
+    counts = torch.zeros(candidates.shape[0], dtype=torch.float64)
+    for pts, tgt, w, norm in _batches(model, records, batch_size):
+        s, c = accumulate_costs(pts, tgt[:, points], w[:, points], norm, candidates)
+        sums += s.double()
+        counts += c.double()
+    return sums / counts.clamp_min(1)[:, None]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point."""
     from facerecon.models.facerecon import FaceRecon
@@ -181,7 +256,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", required=True, help="trained model folder or repo id")
     p.add_argument("--out", required=True, help="landmark definition JSON to write")
     p.add_argument("--radius", type=float, default=20.0, help="search radius around each current vertex (mm)")
-    p.add_argument("--max-yaw", type=float, default=30.0, help="use faces with |yaw| up to this (degrees)")
+    p.add_argument("--max-yaw", type=float, default=None,
+                   help="use faces with |yaw| up to this (degrees; default 30, or 90 with --jaw-from-ears)")
+    p.add_argument("--min-yaw", type=float, default=30.0, help="with --jaw-from-ears: faces with |yaw| above this")
+    p.add_argument("--jaw-from-ears", action="store_true",
+                   help="keep the other points and move the jaw back in depth to the ear labels (ear_anchored_jaw)")
     p.add_argument("--sources", nargs="+", default=["300w", "aflw"])
     p.add_argument("--limit", type=int, default=0, help="at most this many faces per split (0 = all)")
     p.add_argument("--threads", type=int, default=0)
@@ -190,9 +269,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = FaceRecon.from_pretrained(args.model).eval()
-    index, report = fit_landmarks(model, args.radius, args.max_yaw, args.sources, limit=args.limit)
-    report["fitted_with"] = str(args.model)
     m = model.morphable
+    if args.jaw_from_ears:
+        index, report = ear_anchored_jaw(model, radius=args.radius, min_yaw=args.min_yaw,
+                                         max_yaw=90.0 if args.max_yaw is None else args.max_yaw, limit=args.limit)
+        report["fitted_with"] = str(args.model)
+        save_landmark_index(args.out, index, m.surface, m.faces, m.n_vertices, report)
+        print(json.dumps(report, indent=1))
+        return report
+    index, report = fit_landmarks(model, args.radius, 30.0 if args.max_yaw is None else args.max_yaw, args.sources,
+                                  limit=args.limit)
+    report["fitted_with"] = str(args.model)
     save_landmark_index(args.out, index, m.surface, m.faces, m.n_vertices, report)
     logger.info("mean point error / face size: train %.4f -> %.4f, val %.4f -> %.4f; moved %.1f mm on average",
                 report["train_point_error_before"], report["train_point_error_after"],

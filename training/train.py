@@ -113,7 +113,8 @@ def with_pseudo_labels(records: list, cfg: TrainConfig) -> list:
         path = default_pseudo_label_path(source, cfg.pseudo_dir)
         labels = load_pseudo_labels(path, cfg.pseudo_map)
         idx = [i for i, r in enumerate(out) if r.source == source]
-        updated, stats = add_pseudo_labels([out[i] for i in idx], labels, cfg.pseudo_weight, cfg.pseudo_max_nme)
+        updated, stats = add_pseudo_labels([out[i] for i in idx], labels, cfg.pseudo_weight, cfg.pseudo_max_nme,
+                                           jaw_max_yaw=cfg.pseudo_jaw_max_yaw, jaw_depth=cfg.pseudo_jaw_depth)
         for i, r in zip(idx, updated, strict=True):
             out[i] = r
         logger.info("pseudo-labels %s (%s): %s", source, path, stats)
