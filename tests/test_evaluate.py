@@ -82,6 +82,14 @@ def test_model_card_from_results(tmp_path):
     values = {m["name"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
     assert values["NME balanced (%), 68 points, AFLW2000-3D dev"] == 4.0
     assert "research and non-commercial use only" in card and "MIT" in card
+    assert "flip test" not in card
+    plain = {"aflw2000": {"nme_balanced": 0.05, "pose_mae_deg": {"mean": 2.5}}, "flip_test": False}
+    cfg = {"model": {"backbone": "x", "landmarks": "refined-v3"}, "pseudo_sources": ["aflw"], "pseudo_jaw_max_yaw": 30,
+           "pseudo_jaw_depth": False, "loss": {"yaw": 0.2}}
+    flipped = render_card(dict(ev, flip_test=True), {"config": cfg}, "cmd --flip-test", plain=plain)
+    assert "Measured with the flip test" in flipped and "| NME balanced / pose MAE mean, without the flip test | " \
+        "5.00 / 2.50 |" in flipped
+    assert "|yaw| <= 30 deg, without jaw depth" in flipped and "ear-lobe labels" in flipped and "Yaw: AFLW" in flipped
     assert "| **NME balanced (%)** | **4.00** |" in card
 
 

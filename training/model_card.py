@@ -21,8 +21,17 @@ def _pct(x: float) -> str:
 
 
 def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
-                model_config: dict[str, Any] | None = None) -> str:
-    """The card text (``model_config``: the model folder's config.json; else the training config's ``model``)."""
+                model_config: dict[str, Any] | None = None, plain: dict[str, Any] | None = None) -> str:
+    """The card text.
+
+    Args:
+        ev: results of ``training.evaluate`` (the headline numbers).
+        train: the model folder's ``training.json``.
+        command: the command that produced ``ev``.
+        model_config: the model folder's config.json (else the training config's ``model``).
+        plain: optional results of the same model in the other inference mode (with / without ``--flip-test``),
+            reported beside the headline.
+    """
     a = ev["aflw2000"]
     bins = a["nme_bins"]
     pose = a["pose_mae_deg"]
@@ -93,6 +102,11 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"| Pose MAE yaw / pitch / roll (deg) | {pose['yaw']:.2f} / {pose['pitch']:.2f} / {pose['roll']:.2f} |",
         f"| Pose MAE mean (deg) | {pose['mean']:.2f} (n={pose['n']}) |",
     ]
+    if plain is not None:
+        pa = plain["aflw2000"]
+        mode = "with" if plain.get("flip_test") else "without"
+        lines.append(f"| NME balanced / pose MAE mean, {mode} the flip test | {_pct(pa['nme_balanced'])} / "
+                     f"{pa['pose_mae_deg']['mean']:.2f} |")
     if "ssim" in a and a["ssim"] == a["ssim"]:
         lines.append(f"| SSIM, re-rendered face vs photo (face mask) | {a['ssim']:.3f} |")
     if det:
@@ -110,7 +124,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "486-image development split in `../shared/aflw2000-3d-dev` (the rest of AFLW2000-3D is held out). For "
         "reference, 3DDFA_V2 reports 3.51 balanced NME on all 2,000 images. Pose angles follow the AFLW2000-3D "
         "convention (yaw > 0 faces image left, pitch > 0 looks up, roll > 0 clockwise), MAE over images whose angles "
-        "are within +/-99 degrees.",
+        "are within +/-99 degrees."
+        + (" Measured with the flip test (`--flip-test`, the app's and the CLI's default): each crop and its "
+           "mirror image are regressed and the face parameters averaged (mirror-mapped), at twice the regressor's "
+           "cost; `model(x)` and `model.reconstruct(...)` do it with `flip_test=True`." if ev.get("flip_test") else ""),
         "",
         "## Training",
         "",
@@ -123,9 +140,19 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            "the correspondence `training.pseudo_map` fitted on the 300-W training split) fill the targets the "
            f"manual labels lack on {', '.join(cfg['pseudo_sources'])} (hidden points, jaw and contours) at weight "
            f"{cfg.get('pseudo_weight')}, for training faces whose pseudo-labels agree with their manual points "
-           f"(NME <= {cfg.get('pseudo_max_nme')})" + ("; their relative point depth adds a scale-free depth loss."
-                                                      if cfg.get("loss", {}).get("depth") else ".")]
+           f"(NME <= {cfg.get('pseudo_max_nme')})" + ("; their relative point depth adds a scale-free depth loss"
+                                                      if cfg.get("loss", {}).get("depth") else "")
+           + (f"; jaw points only on faces with |yaw| <= {cfg['pseudo_jaw_max_yaw']:g} deg"
+              if cfg.get("pseudo_jaw_max_yaw") is not None else "")
+           + ("" if cfg.get("pseudo_jaw_depth", True) else ", without jaw depth") + "."]
           if cfg.get("pseudo_sources") else []),
+        *(["- Yaw: AFLW's labelled yaw of the training crops (3DDFA's `AFLW_GT_crop_yaws`) supervises the predicted "
+           "yaw (smooth L1, labels beyond 89 deg clamped)."] if cfg.get("loss", {}).get("yaw") else []),
+        f"- Landmark vertices: `{model_cfg.get('landmarks', 'ict')}` (`facerecon/assets/landmarks/`, chosen by "
+        "`training.fit_landmarks` on the training split"
+        + ("; the jaw contour sits where AFLW's ear-lobe labels put jaw points 2 / 14 on turned training faces, "
+           "about 17 mm behind ICT-FaceKit's frontal silhouette, tapering to the chin)."
+           if model_cfg.get("landmarks") == "refined-v3" else ")."),
         f"- Optimiser: Adam, lr {cfg.get('lr')}, {cfg.get('schedule')} schedule with {cfg.get('warmup_steps')} warm-up "
         f"steps, batch {cfg.get('batch_size')}, gradient clipping {cfg.get('grad_clip')}; trained on 2 CPU cores.",
         "- Losses: " + ", ".join(f"{k} {v}" for k, v in cfg.get("loss", {}).items() if isinstance(v, int | float)
@@ -162,9 +189,9 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "## Limitations",
         "",
         "- Trained from scratch (no ImageNet weights could be downloaded) on about 8,000 real faces plus synthetic "
-        "renders, on 2 CPU cores for about 4.5 hours in all: accuracy is well below published GPU-trained models, "
-        "especially beyond 60 degrees of yaw, and pitch is under-estimated (it changes the 2D landmarks little under "
-        "a weak-perspective camera).",
+        "renders, on 2 CPU cores for about 7 hours in all: accuracy is well below published GPU-trained models, "
+        "especially beyond 60 degrees of yaw, and pitch is the least accurate angle (it changes the 2D landmarks "
+        "little under a weak-perspective camera).",
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
         "face-like patterns; pass a box to `reconstruct` when you have one.",
         "- Occlusions (hands, masks, sunglasses) were only simulated in training.",
@@ -227,13 +254,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--command", default="python -m training.evaluate --model MODEL --data "
                                               "../shared/aflw2000-3d-dev --json eval.json")
     parser.add_argument("--out", type=Path, default=Path("model_card.md"))
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="JSON of the same model in the other inference mode (with / without --flip-test)")
     args = parser.parse_args(argv)
     ev = json.loads(args.eval.read_text())
+    plain = json.loads(args.compare.read_text()) if args.compare else None
     train_file = args.model / "training.json"
     train = json.loads(train_file.read_text()) if train_file.is_file() else {}
     config_file = args.model / "config.json"
     model_config = json.loads(config_file.read_text()) if config_file.is_file() else None
-    card = render_card(ev, train, args.command, model_config)
+    card = render_card(ev, train, args.command, model_config, plain)
     args.out.write_text(card)
     (args.model / "README.md").write_text(card)
     print(f"wrote {args.out} and {args.model / 'README.md'}")
