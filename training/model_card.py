@@ -125,9 +125,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "reference, 3DDFA_V2 reports 3.51 balanced NME on all 2,000 images. Pose angles follow the AFLW2000-3D "
         "convention (yaw > 0 faces image left, pitch > 0 looks up, roll > 0 clockwise), MAE over images whose angles "
         "are within +/-99 degrees."
-        + (" Measured with the flip test (`--flip-test`, the app's and the CLI's default): each crop and its "
-           "mirror image are regressed and the face parameters averaged (mirror-mapped), at twice the regressor's "
-           "cost; `model(x)` and `model.reconstruct(...)` do it with `flip_test=True`." if ev.get("flip_test") else ""),
+        + (" Measured with the flip test (`--flip-test`; the default of `model.reconstruct`, the app and the CLI): "
+           "each crop and its mirror image are regressed and the face parameters averaged (mirror-mapped), at twice "
+           "the regressor's cost; `model(crops, flip_test=True)` does the same on crops." if ev.get("flip_test")
+           else ""),
         "",
         "## Training",
         "",
