@@ -127,10 +127,14 @@ def _batches(model: Any, records: list[Any], batch_size: int):
         yield pts, tgt, w, visible_box_size(tgt, w)
 
 
-def _costs(model: Any, records: list[Any], candidates: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _costs(model: Any, records: list[Any], candidates: torch.Tensor, batch_size: int,
+           points: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cost of each candidate over ``records``; ``points`` selects the landmarks ``candidates`` has rows for."""
     sums = torch.zeros(candidates.shape, dtype=torch.float64)
     counts = torch.zeros(candidates.shape[0], dtype=torch.float64)
     for pts, tgt, w, norm in _batches(model, records, batch_size):
+        if points is not None:
+            tgt, w = tgt[:, points], w[:, points]
         s, c = accumulate_costs(pts, tgt, w, norm, candidates)
         sums += s.double()
         counts += c.double()
@@ -208,7 +212,7 @@ def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, ma
     ears = torch.tensor(EAR_POINTS)
     cand = candidate_vertices(morph.mean, current[ears], radius)
     pair_mirror = torch.tensor([1, 0])
-    cost = _costs_subset(model, train, cand, ears, batch_size)
+    cost = _costs(model, train, cand, batch_size, ears)
     chosen_ears = choose_symmetric(cost.float(), cand, pair_mirror, morph.vertex_mirror)
     dz = float((morph.mean[chosen_ears, 2] - morph.mean[current[ears], 2]).mean())
     mean = morph.mean
@@ -219,9 +223,8 @@ def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, ma
         d = torch.where(side, (mean - target).norm(dim=1), torch.full_like(mean[:, 0], float("inf")))
         index[i] = int(d.argmin())
         index[16 - i] = morph.vertex_mirror[index[i]]
-    index[ears] = chosen_ears
-    index[16 - ears] = morph.vertex_mirror[chosen_ears]
-    val_cost = _costs_subset(model, val, cand, ears, batch_size)
+    index[ears] = chosen_ears  # a mirror pair (choose_symmetric)
+    val_cost = _costs(model, val, cand, batch_size, ears)
     moved = (mean[index] - mean[current]).norm(dim=-1)
     report = {
         "method": "ear_anchored_jaw", "train_faces": len(train), "val_faces": len(val), "min_yaw_deg": min_yaw,
@@ -233,18 +236,6 @@ def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, ma
         "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
     }
     return index, report
-
-
-def _costs_subset(model: Any, records: list[Any], candidates: torch.Tensor, points: torch.Tensor,
-                  batch_size: int) -> torch.Tensor:
-    """:func:`_costs` for a subset of the landmarks (``candidates`` has one row per entry of ``points``)."""
-    sums = torch.zeros(candidates.shape, dtype=torch.float64)
-    counts = torch.zeros(candidates.shape[0], dtype=torch.float64)
-    for pts, tgt, w, norm in _batches(model, records, batch_size):
-        s, c = accumulate_costs(pts, tgt[:, points], w[:, points], norm, candidates)
-        sums += s.double()
-        counts += c.double()
-    return sums / counts.clamp_min(1)[:, None]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

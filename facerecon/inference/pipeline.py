@@ -185,10 +185,7 @@ class Reconstructor:
         """Run the regressor of the chosen back-end on (B, 3, S, S) crops in [0, 1] and decode (no gradients)."""
         if self._onnx is not None:
             with torch.inference_mode():
-                b = crops.shape[0]
-                params, attention = self._onnx(torch.cat([crops, crops.flip(-1)]) if self.flip_test else crops)
-                if self.flip_test:
-                    params, attention = self.model.merge_flipped(params), attention[:b]
+                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test)
                 return self.model.decode(params, attention=attention, landmarks_only=landmarks_only)
         backbone = self._fused_backbone()  # built outside inference mode: its tensors are ordinary ones
         with torch.inference_mode():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,13 +297,27 @@ class FaceRecon(
         size = self.config.input_size
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        def run(x: torch.Tensor) -> tuple[FaceParameters, torch.Tensor]:
+            tokens, attention = self.head((backbone or self.backbone)(x))
+            return self.regress(tokens), attention
+
+        params, attention = self.regress_crops(images, run, flip_test)
+        return self.decode(params, attention=attention, landmarks_only=landmarks_only)
+
+    def regress_crops(self, images: torch.Tensor,
+                      regressor: Callable[[torch.Tensor], tuple[FaceParameters, torch.Tensor]],
+                      flip_test: bool = False) -> tuple[FaceParameters, torch.Tensor]:
+        """Run ``regressor`` (crops -> parameters, attention) on (B, 3, S, S) crops, with the optional flip test.
+
+        With ``flip_test`` the regressor sees the crops followed by their mirror images in one batch and the two
+        predictions are merged (:meth:`merge_flipped`); the attention is that of the unflipped crops. The torch
+        forward and the ONNX back-end share this.
+        """
         b = images.shape[0]
-        x = torch.cat([images, images.flip(-1)]) if flip_test else images
-        tokens, attention = self.head((backbone or self.backbone)(x))
-        params = self.regress(tokens)
+        params, attention = regressor(torch.cat([images, images.flip(-1)]) if flip_test else images)
         if flip_test:
             params, attention = self.merge_flipped(params), attention[:b]
-        return self.decode(params, attention=attention, landmarks_only=landmarks_only)
+        return params, attention
 
     def mirror_parameters(self, params: FaceParameters) -> FaceParameters:
         """Parameters of the mirror-image faces: what the regressor should predict for horizontally flipped crops.
