@@ -607,3 +607,28 @@ def test_sh_mirror_signs_mirror_the_shading() -> None:
     flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
     assert torch.allclose(sh_shading(n * flip, mirrored), sh_shading(n, coeffs))
     assert not torch.allclose(sh_shading(n * flip, coeffs), sh_shading(n, coeffs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_procrustes_rotation_recovers_a_similarity_and_ignores_zero_weights(dtype: torch.dtype) -> None:
+    from facerecon.geometry import procrustes_rotation
+
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(2, 20, 3, generator=gen, dtype=dtype)
+    rot = axis_angle_to_matrix(torch.tensor([[0.3, -1.1, 0.4], [2.5, 0.2, -0.3]], dtype=dtype))
+    tgt = 2.5 * src @ rot.transpose(1, 2) + torch.tensor([4.0, -2.0, 7.0], dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert torch.allclose(procrustes_rotation(src, tgt), rot, atol=tol)
+    corrupt = tgt.clone()
+    corrupt[:, :5] += 50.0 * torch.randn(2, 5, 3, generator=gen, dtype=dtype)
+    w = torch.ones(2, 20, dtype=dtype)
+    w[:, :5] = 0.0
+    assert torch.allclose(procrustes_rotation(src, corrupt, w), rot, atol=tol)
+    assert not torch.allclose(procrustes_rotation(src, corrupt), rot, atol=1e-2)
+    # A mirrored target still gives a proper rotation (det +1), and one unbatched call works.
+    r = procrustes_rotation(src[0], src[0] * torch.tensor([-1.0, 1.0, 1.0], dtype=dtype))
+    assert torch.linalg.det(r).item() == pytest.approx(1.0, abs=tol)
+    with pytest.raises(ValueError, match="weights"):
+        procrustes_rotation(src, tgt, w[:, :3])
+    with pytest.raises(ValueError, match=r"\(\.\.\., P, 3\)"):
+        procrustes_rotation(src, tgt[..., :2])

@@ -229,3 +229,50 @@ def test_total_loss_adds_weighted_yaw_and_mix_batches_pads_it(fixed_batch, tiny_
     mixed = mix_batches(real, synth)
     assert mixed["yaw"].dtype == torch.float32 and mixed["yaw"][[0, 2]].tolist() == [10.0, -40.0]
     assert torch.isnan(mixed["yaw"][[1, 3, 4]]).all()
+
+
+def _pseudo_targets(reference: torch.Tensor, rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop-pixel 2D points and depth (B, 71) of the mean face seen with ``rotation`` (the camera of the model)."""
+    from facerecon.geometry import model_to_camera
+
+    cam = model_to_camera(reference.expand(rotation.shape[0], -1, -1), rotation, torch.tensor([[3.0, -2.0, 500.0]]))
+    pix = 0.4 * cam + torch.tensor([32.0, 32.0, 0.0])  # scale 0.4 px / mm, principal point at the crop centre
+    return extend_landmarks(pix[..., :2]), torch.cat([pix[..., 2], torch.zeros(rotation.shape[0], 3)], dim=1)
+
+
+def test_pseudo_rotation_recovers_the_pose_of_3d_points_and_the_loss_masks_sparse_faces(tiny_model):
+    from facerecon.geometry import euler_to_matrix
+    from training.losses import pose_loss, pseudo_pose_loss, pseudo_rotation
+
+    ref = tiny_model.morphable.landmark_mean
+    truth = euler_to_matrix(torch.tensor([[0.4, -0.3, 0.2], [-1.0, 0.5, -0.1], [0.0, 0.0, 0.0]]))
+    lmk, depth = _pseudo_targets(ref, truth)
+    w = torch.ones(3, 71)
+    w[:, :17] = 0.0  # the jaw is never used
+    lmk[:, :17] += 40.0
+    assert torch.allclose(pseudo_rotation(lmk, depth, w, ref), truth, atol=1e-4)
+    pred = euler_to_matrix(torch.tensor([[0.4, -0.1, 0.2], [-1.0, 0.5, -0.1], [0.1, 0.0, 0.0]]).requires_grad_())
+    w[2, 17:50] = 0.0  # 18 inner points left: below min_points, no target for the third face
+    loss = pseudo_pose_loss(pred, lmk, depth, w, ref)
+    assert loss.item() == pytest.approx(pose_loss(pred[:2], truth[:2]).item(), rel=1e-4)  # mean over 2 faces
+    assert loss.item() == pytest.approx(2 * math.sqrt(2) * math.sin(0.1) / 2, rel=1e-3)  # 0.2 rad on one of two
+    none = pseudo_pose_loss(pred, lmk, depth, torch.zeros(3, 71), ref)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_total_loss_adds_weighted_pseudo_pose_only_with_depth_and_the_model(fixed_batch, tiny_model):
+    from facerecon.geometry import euler_to_matrix
+    from training.losses import pseudo_pose_loss
+
+    n = fixed_batch["image"].shape[0]
+    out = tiny_model(fixed_batch["image"])
+    lmk, depth = _pseudo_targets(tiny_model.morphable.landmark_mean, euler_to_matrix(torch.full((n, 3), 0.2)))
+    batch = dict(fixed_batch, landmarks=lmk, weights=torch.ones(n, 71), depth=depth, depth_weights=torch.ones(n, 71))
+    base, parts0 = total_loss(out, batch, LossWeights(), 64, extend_landmarks, model=tiny_model)
+    assert "pseudo_pose" not in parts0  # weight 0: not computed
+    total, parts = total_loss(out, batch, LossWeights(pseudo_pose=0.5), 64, extend_landmarks, model=tiny_model)
+    expected = pseudo_pose_loss(out.params.rotation, lmk, depth, torch.ones(n, 71), tiny_model.morphable.landmark_mean)
+    assert parts["pseudo_pose"].item() == pytest.approx(expected.item(), rel=1e-6) and expected.item() > 0.1
+    assert total.item() == pytest.approx(base.item() + 0.5 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="pseudo-pose term needs the model"):
+        total_loss(out, batch, LossWeights(pseudo_pose=0.5), 64, extend_landmarks)

@@ -19,6 +19,7 @@ class LossWeights:
     recon: float = 0.005  # per mm: 1 mm is about 0.4% of the default crop
     pose: float = 0.0  # chordal rotation distance, on samples with 3D ground truth (synthetic)
     depth: float = 0.0  # scale-free relative landmark depth vs pseudo-label depth (real faces with pseudo-labels)
+    pseudo_pose: float = 0.0  # chordal rotation distance vs the mean face's rigid fit to the pseudo-label 3D points
     yaw: float = 0.0  # smooth-L1 yaw error (radians) vs labelled yaw (real faces with a yaw label: AFLW)
     landmark: float = 1.0
     photometric: float = 0.0

@@ -149,6 +149,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
           if cfg.get("pseudo_sources") else []),
         *(["- Yaw: AFLW's labelled yaw of the training crops (3DDFA's `AFLW_GT_crop_yaws`) supervises the predicted "
            "yaw (smooth L1, labels beyond 89 deg clamped)."] if cfg.get("loss", {}).get("yaw") else []),
+        *(["- Pose pseudo-labels: the rotation of the rigid fit of the mean face's 51 inner landmarks to the "
+           "pseudo-labels' 3D points (2D targets plus MediaPipe depth) supervises the predicted rotation (chordal "
+           "distance); it carries the pitch that 2D landmarks leave loosely determined."]
+          if cfg.get("loss", {}).get("pseudo_pose") else []),
         f"- Landmark vertices: `{model_cfg.get('landmarks', 'ict')}` (`facerecon/assets/landmarks/`, chosen by "
         "`training.fit_landmarks` on the training split"
         + ("; the jaw contour sits where AFLW's ear-lobe labels put jaw points 2 / 14 on turned training faces, "

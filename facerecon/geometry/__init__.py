@@ -44,6 +44,7 @@ from facerecon.geometry.rotation import (
     matrix_to_rotation_6d,
     mean_rotation,
     mirror_rotation,
+    procrustes_rotation,
     rotation_6d_to_matrix,
 )
 from facerecon.geometry.sh import SH_CONSTANTS, SH_MIRROR_X_SIGNS, sh_basis, sh_shading, shade
@@ -67,6 +68,7 @@ __all__ = [
     "matrix_to_rotation_6d",
     "mean_rotation",
     "mirror_rotation",
+    "procrustes_rotation",
     "model_to_camera",
     "rotation_6d_to_matrix",
     "scale_box",

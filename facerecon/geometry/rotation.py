@@ -258,3 +258,37 @@ def mean_rotation(matrices: torch.Tensor) -> torch.Tensor:
     fix = torch.ones_like(avg[..., 0])  # (..., 3)
     fix = torch.cat([fix[..., :2], d[..., None]], dim=-1)
     return (u * fix[..., None, :]) @ vh
+
+
+def procrustes_rotation(source: torch.Tensor, target: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotation of the weighted similarity Procrustes fit ``target ~ s R source + t`` (Kabsch / Umeyama).
+
+    Args:
+        source: (..., P, 3) points.
+        target: (..., P, 3) corresponding points (any scale and offset: they are absorbed by ``s`` and ``t``).
+        weights: optional (..., P) non-negative point weights (0 drops a point); all ones when None.
+
+    Returns:
+        (..., 3, 3) proper rotation ``R`` (det +1) minimising ``sum_i w_i |s R x_i + t - y_i|^2``, i.e.
+        ``U diag(1, 1, det(U V^T)) V^T`` for the SVD of the weighted cross-covariance ``sum_i w_i y_i x_i^T``
+        of the centred points.
+
+    Convention: ``R`` maps the source frame to the target frame; undefined when fewer than three weighted points are
+    in general position.
+    """
+    if source.shape != target.shape or source.shape[-1] != 3:
+        raise ValueError(f"source and target must both be (..., P, 3), got {tuple(source.shape)} and "
+                         f"{tuple(target.shape)}")
+    w = torch.ones_like(source[..., 0]) if weights is None else weights.to(source.dtype)
+    if w.shape != source.shape[:-1]:
+        raise ValueError(f"weights must be (..., P) = {tuple(source.shape[:-1])}, got {tuple(w.shape)}")
+    w = w[..., None]
+    total = w.sum(-2, keepdim=True).clamp_min(torch.finfo(source.dtype).tiny)
+    xs = source - (w * source).sum(-2, keepdim=True) / total
+    ys = target - (w * target).sum(-2, keepdim=True) / total
+    cov = (w * ys).transpose(-1, -2) @ xs  # (..., 3, 3) = sum w y x^T
+    u, _, vh = torch.linalg.svd(cov)
+    d = torch.linalg.det(u @ vh)
+    fix = torch.cat([torch.ones_like(cov[..., 0, :2]), d[..., None]], dim=-1)
+    return (u * fix[..., None, :]) @ vh
