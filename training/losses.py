@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from facerecon.geometry import matrix_to_euler
+from facerecon.geometry import matrix_to_euler, procrustes_rotation
 from facerecon.models.facerecon import FaceReconOutput
 from training.config import LossWeights
 
@@ -130,8 +130,6 @@ def pseudo_rotation(landmarks: torch.Tensor, depth: torch.Tensor, weights: torch
         (B, 3, 3) rotation ``R`` in the model's convention (``X_cam = F R X + t``, ``F = diag(1, -1, -1)``) fitted on
         :data:`PSEUDO_POSE_POINTS`. Convention: the camera frame of :mod:`facerecon.geometry` (OpenCV axes).
     """
-    from facerecon.geometry import procrustes_rotation
-
     pts = PSEUDO_POSE_POINTS
     target = torch.cat([landmarks[:, pts], depth[:, pts, None]], dim=-1).to(reference.dtype)
     source = reference[..., pts, :].expand_as(target)
