@@ -252,11 +252,14 @@ def mean_rotation(matrices: torch.Tensor) -> torch.Tensor:
     Convention: as the inputs (no frame assumption); undefined when the mean matrix is rank-deficient (rotations
     spread over a half-turn or more).
     """
-    avg = matrices.mean(dim=-3)
-    u, _, vh = torch.linalg.svd(avg)
+    return _nearest_rotation(matrices.mean(dim=-3))
+
+
+def _nearest_rotation(m: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> the proper rotation ``U diag(1, 1, det(U V^T)) V^T`` for the SVD ``U S V^T`` of ``m``."""
+    u, _, vh = torch.linalg.svd(m)
     d = torch.linalg.det(u @ vh)
-    fix = torch.ones_like(avg[..., 0])  # (..., 3)
-    fix = torch.cat([fix[..., :2], d[..., None]], dim=-1)
+    fix = torch.cat([torch.ones_like(m[..., 0, :2]), d[..., None]], dim=-1)
     return (u * fix[..., None, :]) @ vh
 
 
@@ -287,8 +290,4 @@ def procrustes_rotation(source: torch.Tensor, target: torch.Tensor,
     total = w.sum(-2, keepdim=True).clamp_min(torch.finfo(source.dtype).tiny)
     xs = source - (w * source).sum(-2, keepdim=True) / total
     ys = target - (w * target).sum(-2, keepdim=True) / total
-    cov = (w * ys).transpose(-1, -2) @ xs  # (..., 3, 3) = sum w y x^T
-    u, _, vh = torch.linalg.svd(cov)
-    d = torch.linalg.det(u @ vh)
-    fix = torch.cat([torch.ones_like(cov[..., 0, :2]), d[..., None]], dim=-1)
-    return (u * fix[..., None, :]) @ vh
+    return _nearest_rotation((w * ys).transpose(-1, -2) @ xs)  # cross-covariance sum w y x^T
