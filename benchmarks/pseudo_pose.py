@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         slope = np.polyfit(gt[:, k], fit[:, k], 1)[0]
         print(f"| {angle} | {err.mean():.2f} | {signed.mean():+.2f} | {slope:.2f} |")
     if args.eval:
-        per_image = {r["name"]: r for r in json.load(open(args.eval))["aflw2000"]["per_image"]}
+        per_image = {r["name"]: r for r in json.loads(Path(args.eval).read_text())["aflw2000"]["per_image"]}
         same = [per_image[n] for n in names if n in per_image]
         mae = {a: np.mean([r[f"{a}_err"] for r in same]) for a in ("yaw", "pitch", "roll")}
         print(f"model ({args.eval}) on the same {len(same)} images: yaw / pitch / roll MAE "
