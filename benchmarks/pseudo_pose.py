@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from facerecon import DEFAULT_MODEL_DIR
     from facerecon.geometry import matrix_to_euler
     from facerecon.models.facerecon import FaceRecon
-    from training.evaluate import POSE_FILTER_DEG, angle_error, load_aflw2000
+    from training.evaluate import angle_error, load_aflw2000
     from training.losses import pseudo_rotation
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, found, lmk, depth in zip(labels["names"], labels["found"], labels["landmarks"], labels["depth"],
                                        strict=True):
         it = items.get(str(name).rsplit(".", 1)[0])
-        if it is None or not found or not all(abs(a) <= POSE_FILTER_DEG for a in it.raw_angles):
+        if it is None or not found or not it.pose_valid:
             continue
         lm = torch.from_numpy(np.asarray(lmk, dtype=np.float32))[None]
         d = torch.from_numpy(np.asarray(depth, dtype=np.float32))[None]

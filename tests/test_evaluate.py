@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import angle_error, load_aflw2000, main, nme_68, ssim_map
+from training.evaluate import angle_error, load_aflw2000, main, nme_68, rotation_error_deg, ssim_map
 
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "aflw2000-3d-dev"
 
@@ -30,6 +31,21 @@ def test_loader_conventions(items):
     assert (it.landmarks >= -1).all() and (it.landmarks < 450).all()
     assert it.landmarks[36, 0] < it.landmarks[45, 0]
     assert it.yaw == pytest.approx(1.0443, abs=1e-3) and it.yaw_bin == 0
+    assert it.pose_valid
+    assert not dataclasses.replace(it, raw_angles=(10.0, -100.0, 0.0)).pose_valid
+
+
+def test_rotation_error_is_geodesic():
+    pred = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 20.0, -5.0], [90.0, 20.0, 0.0], [-90.0, 20.0, 0.0]])
+    target = torch.tensor([[0.0, 0.0, 0.0], [-5.0, 0.0, 0.0], [0.0, 20.0, -5.0], [90.0, 30.0, 10.0],
+                           [-90.0, 30.0, 10.0]])
+    err = rotation_error_deg(pred, target)
+    assert err.shape == (5,)
+    # Single-axis differences are exact; at |yaw| = 90 only pitch -/+ roll is defined: (90, 20, 0) and (90, 30, 10)
+    # are the same rotation (Euler errors 10 + 10 deg), while at yaw -90 the same change is a 20 deg rotation.
+    assert err.tolist() == pytest.approx([0.0, 15.0, 0.0, 0.0, 20.0], abs=1e-4)
+    with pytest.raises(ValueError, match="Euler"):
+        rotation_error_deg(pred[:, :2], target[:, :2])
 
 
 def test_metric_helpers():
@@ -55,6 +71,13 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     assert math.isfinite(saved["aflw2000"]["nme_balanced"]) and saved["aflw2000"]["nme_balanced"] > 0
     pose = saved["aflw2000"]["pose_mae_deg"]
     assert all(math.isfinite(pose[k]) for k in ("yaw", "pitch", "roll"))
+    assert 0.0 <= pose["geodesic"] <= 180.0
+    per_bin = saved["aflw2000"]["pose_bins"]
+    assert sum(v["n"] for v in per_bin.values()) == pose["n"]
+    # The overall means are the count-weighted means of the per-bin ones.
+    for k in ("yaw", "geodesic"):
+        weighted = sum(v[k] * v["n"] for v in per_bin.values() if v["n"]) / pose["n"]
+        assert weighted == pytest.approx(pose[k])
     assert 0.0 <= saved["detection"]["all"] <= 1.0
     assert -1.0 <= saved["aflw2000"]["ssim"] <= 1.0
     assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0

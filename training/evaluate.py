@@ -13,7 +13,9 @@ Protocol (as in 3DDFA, 3DDFA_V2 and SynergyNet):
 - Head-pose MAE in degrees: yaw, pitch, roll in the AFLW2000-3D convention (R = Rx(pitch) Ry(yaw) Rz(roll) of
   ``Code/RotationMatrix.m``: yaw > 0 faces image left, pitch > 0 looks up, roll > 0 is clockwise), against the
   Euler angles recomputed from ``Pose_Para`` (``index.csv``), on images whose raw angles are all within +/-99 degrees
-  (the usual FSA-Net / HopeNet filter).
+  (the usual FSA-Net / HopeNet filter). Also reported: the geodesic rotation error (the angle of ``R_pred^T R_gt``),
+  overall and per yaw bin, because near profile (|yaw| -> 90) the Euler split of pitch and roll is ill-conditioned
+  (at |yaw| = 90 only pitch -/+ roll is defined), so a small rotation error can show up as tens of degrees in both.
 - Detection rate of the face detector on the full photos (a detection counts when its box contains the centre of
   the ground-truth landmarks).
 - SSIM between the re-rendered face and the photo inside the rendered face mask, in the model's input crop.
@@ -62,6 +64,11 @@ class Aflw2000Item:
         """Index into :data:`YAW_BINS` (> 90 degrees counts in the last bin)."""
         a = abs(self.yaw_raw)
         return 0 if a <= 30 else (1 if a <= 60 else 2)
+
+    @property
+    def pose_valid(self) -> bool:
+        """True when every raw ``Pose_Para`` angle is within +/- :data:`POSE_FILTER_DEG` (the pose-MAE filter)."""
+        return all(abs(a) <= POSE_FILTER_DEG for a in self.raw_angles)
 
 
 def load_aflw2000(folder: str | Path, limit: int | None = None) -> list[Aflw2000Item]:
@@ -120,6 +127,28 @@ def angle_error(a: float, b: float) -> float:
     """Absolute difference of two angles in degrees, wrapped to [0, 180]."""
     d = (float(a) - float(b) + 180.0) % 360.0 - 180.0
     return abs(d)
+
+
+def rotation_error_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle between the rotations of two sets of AFLW2000-3D Euler angles.
+
+    Args:
+        pred: (B, 3) ``(yaw, pitch, roll)`` in degrees.
+        target: (B, 3) ``(yaw, pitch, roll)`` in degrees.
+
+    Returns:
+        (B,) the angle of ``R(pred)^T R(target)`` in degrees, in [0, 180].
+
+    Convention: :func:`facerecon.geometry.euler_to_matrix` (degrees here, radians there).
+    """
+    from facerecon.geometry import euler_to_matrix
+
+    if pred.shape != target.shape or pred.shape[-1:] != (3,):
+        raise ValueError(f"expected two (B, 3) Euler angle tensors, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    ra = euler_to_matrix(torch.deg2rad(pred.double()))
+    rb = euler_to_matrix(torch.deg2rad(target.double()))
+    cos = ((ra.transpose(-1, -2) @ rb).diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -184,22 +213,23 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
             lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
             euler = np.degrees(out.euler.numpy())
             ssim = masked_ssim(out, model, x) if with_ssim else [float("nan")] * len(chunk)
+        gt = torch.tensor([[it.yaw, it.pitch, it.roll] for it in chunk], dtype=torch.float64)
+        geodesic = rotation_error_deg(torch.from_numpy(euler).double(), gt).tolist()
         for k, it in enumerate(chunk):
             yaw, pitch, roll = euler[k]
             per_image.append({
                 "name": it.name, "bin": it.yaw_bin, "nme": nme_68(lmk[k], it.landmarks),
                 "yaw_err": angle_error(yaw, it.yaw), "pitch_err": angle_error(pitch, it.pitch),
-                "roll_err": angle_error(roll, it.roll),
-                "pose_valid": all(abs(a) <= POSE_FILTER_DEG for a in it.raw_angles), "ssim": ssim[k],
+                "roll_err": angle_error(roll, it.roll), "rotation_err": geodesic[k],
+                "pose_valid": it.pose_valid, "ssim": ssim[k],
             })
     bins = {}
     for b, label in enumerate(YAW_BINS):
         vals = [p["nme"] for p in per_image if p["bin"] == b]
         bins[label] = {"nme": float(np.mean(vals)) if vals else float("nan"), "n": len(vals)}
     valid = [p for p in per_image if p["pose_valid"]]
-    pose = {k: float(np.mean([p[f"{k}_err"] for p in valid])) for k in ("yaw", "pitch", "roll")}
-    pose["mean"] = float(np.mean(list(pose.values())))
-    pose["n"] = len(valid)
+    pose = _pose_summary(valid)
+    pose_bins = {label: _pose_summary([p for p in valid if p["bin"] == b]) for b, label in enumerate(YAW_BINS)}
     finite_bins = [v["nme"] for v in bins.values() if v["n"]]
     ssims = [p["ssim"] for p in per_image if math.isfinite(p["ssim"])]
     return {
@@ -207,10 +237,23 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         "nme_balanced": float(np.mean(finite_bins)) if finite_bins else float("nan"),
         "nme_all": float(np.mean([p["nme"] for p in per_image])),
         "pose_mae_deg": pose,
+        "pose_bins": pose_bins,
         "ssim": float(np.mean(ssims)) if ssims else float("nan"),
         "n_images": len(per_image),
         "per_image": per_image,
     }
+
+
+def _pose_summary(faces: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean yaw / pitch / roll errors, their mean, and the mean geodesic rotation error of ``faces``."""
+    if not faces:
+        return {"yaw": float("nan"), "pitch": float("nan"), "roll": float("nan"), "mean": float("nan"),
+                "geodesic": float("nan"), "n": 0}
+    pose = {k: float(np.mean([p[f"{k}_err"] for p in faces])) for k in ("yaw", "pitch", "roll")}
+    pose["mean"] = float(np.mean(list(pose.values())))
+    pose["geodesic"] = float(np.mean([p["rotation_err"] for p in faces]))
+    pose["n"] = len(faces)
+    return pose
 
 
 def detection_rate(items: list[Aflw2000Item], detector: Any = None) -> dict[str, Any]:
@@ -362,8 +405,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         ("NME balanced (%)", f"{100 * results['aflw2000']['nme_balanced']:.2f}"),
         ("Pose MAE yaw / pitch / roll (deg)", f"{pose['yaw']:.2f} / {pose['pitch']:.2f} / {pose['roll']:.2f}"),
         ("Pose MAE mean (deg)", f"{pose['mean']:.2f} (n={pose['n']})"),
-        ("SSIM (face mask)", f"{results['aflw2000']['ssim']:.3f}"),
+        ("Rotation error, geodesic (deg)", f"{pose['geodesic']:.2f}"),
     ]
+    for label, pb in results["aflw2000"].get("pose_bins", {}).items():
+        rows.append((f"Pose MAE y / p / r, geodesic, yaw {label} (deg)",
+                     f"{pb['yaw']:.2f} / {pb['pitch']:.2f} / {pb['roll']:.2f}, {pb['geodesic']:.2f} (n={pb['n']})"))
+    rows.append(("SSIM (face mask)", f"{results['aflw2000']['ssim']:.3f}"))
     if "detection" in results:
         rows.append(("Detection rate", f"{100 * results['detection']['all']:.1f}%"))
     if "synthetic" in results:
