@@ -117,6 +117,11 @@ def test_model_card_from_results(tmp_path):
     posed = render_card(ev, {"config": dict(cfg, loss={"yaw": 0.2, "pseudo_pose": 0.3})}, "cmd")
     assert "Pose pseudo-labels: the rotation of the rigid fit" in posed and "pseudo_pose 0.3" in posed
     assert "| **NME balanced (%)** | **4.00** |" in card
+    assert "geodesic" not in card.split("Protocol:")[0]
+    bins = {"[0, 30]": {"geodesic": 2.0}, "(30, 60]": {"geodesic": 3.0}, "(60, 90]": {"geodesic": 9.5}}
+    aflw = dict(ev["aflw2000"], pose_mae_deg=dict(ev["aflw2000"]["pose_mae_deg"], geodesic=3.25), pose_bins=bins)
+    geo = render_card(dict(ev, aflw2000=aflw), {"config": {}}, "cmd")
+    assert "| Rotation error, geodesic (deg): all (per yaw bin) | 3.25 (2.00 / 3.00 / 9.50) |" in geo
 
 
 def test_fairness_slice_per_group(tiny_model, astronaut, tmp_path):

@@ -102,6 +102,9 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"| Pose MAE yaw / pitch / roll (deg) | {pose['yaw']:.2f} / {pose['pitch']:.2f} / {pose['roll']:.2f} |",
         f"| Pose MAE mean (deg) | {pose['mean']:.2f} (n={pose['n']}) |",
     ]
+    if "geodesic" in pose:
+        per_bin = " / ".join(f"{v['geodesic']:.2f}" for v in a.get("pose_bins", {}).values())
+        lines.append(f"| Rotation error, geodesic (deg): all (per yaw bin) | {pose['geodesic']:.2f} ({per_bin}) |")
     if plain is not None:
         pa = plain["aflw2000"]
         mode = "with" if plain.get("flip_test") else "without"
@@ -124,7 +127,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "486-image development split in `../shared/aflw2000-3d-dev` (the rest of AFLW2000-3D is held out). For "
         "reference, 3DDFA_V2 reports 3.51 balanced NME on all 2,000 images. Pose angles follow the AFLW2000-3D "
         "convention (yaw > 0 faces image left, pitch > 0 looks up, roll > 0 clockwise), MAE over images whose angles "
-        "are within +/-99 degrees."
+        "are within +/-99 degrees. Near profile the Euler split of pitch and roll is ill-conditioned (at |yaw| = 90 "
+        "only pitch -/+ roll is defined), so the geodesic angle of the rotation error is reported too."
         + (" Measured with the flip test (`--flip-test`; the default of `model.reconstruct`, the app and the CLI): "
            "each crop and its mirror image are regressed and the face parameters averaged (mirror-mapped), at twice "
            "the regressor's cost; `model(crops, flip_test=True)` does the same on crops." if ev.get("flip_test")
