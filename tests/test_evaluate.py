@@ -113,7 +113,9 @@ def test_model_card_from_results(tmp_path):
     assert "Measured with the flip test" in flipped and "| NME balanced / pose MAE mean, without the flip test | " \
         "5.00 / 2.50 |" in flipped
     assert "|yaw| <= 30 deg, without jaw depth" in flipped and "ear-lobe labels" in flipped and "Yaw: AFLW" in flipped
-    assert "Pose pseudo-labels" not in flipped
+    assert "Pose pseudo-labels" not in flipped and "about 17 mm behind" in flipped
+    v4 = render_card(ev, {"config": dict(cfg, model={"landmarks": "refined-v4"})}, "cmd")
+    assert "`refined-v4`" in v4 and "about 21 mm" in v4
     posed = render_card(ev, {"config": dict(cfg, loss={"yaw": 0.2, "pseudo_pose": 0.3})}, "cmd")
     assert "Pose pseudo-labels: the rotation of the rigid fit" in posed and "pseudo_pose 0.3" in posed
     assert "| **NME balanced (%)** | **4.00** |" in card

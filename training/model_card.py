@@ -20,6 +20,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+# Bundled landmark definitions whose jaw was placed by ``training.fit_landmarks --jaw-from-ears``: the depth of the
+# jaw contour behind ICT-FaceKit's frontal silhouette (from each JSON's report: refined-v3 by v7, refined-v4 by v11).
+_EAR_ANCHORED_JAW = {"refined-v3": "about 17 mm", "refined-v4": "about 21 mm (refined-v3's 17 mm plus 3.6 mm)"}
+
+
 def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
                 model_config: dict[str, Any] | None = None, plain: dict[str, Any] | None = None) -> str:
     """The card text.
@@ -160,8 +165,9 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"- Landmark vertices: `{model_cfg.get('landmarks', 'ict')}` (`facerecon/assets/landmarks/`, chosen by "
         "`training.fit_landmarks` on the training split"
         + ("; the jaw contour sits where AFLW's ear-lobe labels put jaw points 2 / 14 on turned training faces, "
-           "about 17 mm behind ICT-FaceKit's frontal silhouette, tapering to the chin)."
-           if model_cfg.get("landmarks") == "refined-v3" else ")."),
+           f"{_EAR_ANCHORED_JAW[model_cfg['landmarks']]} behind ICT-FaceKit's frontal silhouette, tapering to the "
+           "chin)."
+           if model_cfg.get("landmarks") in _EAR_ANCHORED_JAW else ")."),
         f"- Optimiser: Adam, lr {cfg.get('lr')}, {cfg.get('schedule')} schedule with {cfg.get('warmup_steps')} warm-up "
         f"steps, batch {cfg.get('batch_size')}, gradient clipping {cfg.get('grad_clip')}; trained on 2 CPU cores.",
         "- Losses: " + ", ".join(f"{k} {v}" for k, v in cfg.get("loss", {}).items() if isinstance(v, int | float)
