@@ -141,14 +141,13 @@ def rotation_error_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
     Convention: :func:`facerecon.geometry.euler_to_matrix` (degrees here, radians there).
     """
-    from facerecon.geometry import euler_to_matrix
+    from facerecon.geometry import euler_to_matrix, matrix_to_axis_angle
 
     if pred.shape != target.shape or pred.shape[-1:] != (3,):
         raise ValueError(f"expected two (B, 3) Euler angle tensors, got {tuple(pred.shape)} and {tuple(target.shape)}")
     ra = euler_to_matrix(torch.deg2rad(pred.double()))
     rb = euler_to_matrix(torch.deg2rad(target.double()))
-    cos = ((ra.transpose(-1, -2) @ rb).diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+    return torch.rad2deg(torch.linalg.vector_norm(matrix_to_axis_angle(ra.transpose(-1, -2) @ rb), dim=-1))
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
