@@ -204,7 +204,7 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "## Limitations",
         "",
         "- Trained from scratch (no ImageNet weights could be downloaded) on about 8,000 real faces plus synthetic "
-        "renders, on 2 CPU cores for about 8 hours in all: accuracy is well below published GPU-trained models, "
+        "renders, on 2 CPU cores for about 10 hours in all: accuracy is well below published GPU-trained models, "
         "especially beyond 60 degrees of yaw, and pitch is the least accurate angle (it changes the 2D landmarks "
         "little under a weak-perspective camera).",
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
