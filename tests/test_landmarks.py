@@ -93,6 +93,39 @@ def test_reweight_turned_jaw_copies_records():
         reweight_turned_jaw(recs, -1.0)
 
 
+def test_reweight_turned_jaw_far_side_keeps_the_near_side_and_chin():
+    from training.data import FaceSample, far_jaw_points, reweight_turned_jaw
+
+    def rec(yaw):
+        return FaceSample(source="300w", name="x", image_path="x", box=np.zeros(4), landmarks=np.zeros((71, 2)),
+                          weights=np.ones(71, np.float32), yaw_estimate=yaw)
+
+    # Positive yaw turns the subject's left (points 9-16) towards the camera: 0-7 are hidden.
+    assert far_jaw_points(20.0) == slice(0, 8) and far_jaw_points(-20.0) == slice(9, 17)
+    left, right, small = reweight_turned_jaw([rec(40.0), rec(-40.0), rec(10.0)], 0.25, side="far", min_yaw=15.0)
+    assert np.allclose(left.weights[:8], 0.25) and left.weights[8:].min() == 1
+    assert np.allclose(right.weights[9:17], 0.25) and right.weights[:9].min() == 1 and right.weights[17:].min() == 1
+    assert small.weights.min() == 1  # |yaw| <= min_yaw: not turned
+    with pytest.raises(ValueError, match="side"):
+        reweight_turned_jaw([rec(40.0)], 0.0, side="near")
+
+
+def test_near_side_mask_follows_the_turned_axis():
+    import math
+
+    from training.fit_landmarks import near_side_mask
+
+    side = torch.tensor([-1.0, 1.0])  # a point on the subject's right (-x) and one on the left (+x)
+    # A rotation about the vertical axis by +30 deg brings +x towards the viewer (+z): the left side is near.
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    rot = torch.tensor([[[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]])
+    rot = rot.transpose(1, 2)  # R @ (1, 0, 0) = (c, 0, s)
+    assert near_side_mask(rot, side, 15.0).tolist() == [[False, True]]
+    assert near_side_mask(rot.transpose(1, 2), side, 15.0).tolist() == [[True, False]]
+    assert near_side_mask(rot, side, 35.0).tolist() == [[False, False]]  # turned 30 deg, not 35
+    assert near_side_mask(torch.eye(3)[None], side, 0.0).tolist() == [[False, False]]  # frontal: neither side
+
+
 def test_build_model_overrides_loaded_config(tiny_model, tmp_path):
     from training.config import TrainConfig
     from training.train import build_model

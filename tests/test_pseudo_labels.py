@@ -259,3 +259,20 @@ def test_ear_anchored_jaw_moves_only_the_jaw_symmetrically(tiny_model):
     assert all(int(index[16 - i]) == int(m.vertex_mirror[index[i]]) for i in range(17))
     assert report["train_faces"] == 8 and report["ear_error_train_after"] <= report["ear_error_train_before"]
     assert len(report["jaw_moved_mm"]) == 17 and report["jaw_moved_mm"][CHIN_POINT] == 0.0
+
+
+def test_near_side_jaw_refits_only_the_jaw_side_points_symmetrically(tiny_model):
+    from training.fit_landmarks import CHIN_POINT, EAR_POINTS, near_side_jaw
+
+    try:
+        index, report = near_side_jaw(tiny_model, limit=8, batch_size=8, min_yaw=0.0, min_turn_deg=0.0)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    m = tiny_model.morphable
+    kept = list(range(17, 68)) + [CHIN_POINT, *EAR_POINTS]
+    assert torch.equal(index[kept], m.landmark_index[kept])
+    assert all(int(index[16 - i]) == int(m.vertex_mirror[index[i]]) for i in range(17))
+    assert report["train_faces"] == 8 and report["jaw_error_train_after"] <= report["jaw_error_train_before"]
+    assert report["points"] == [0, 1, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 15, 16]
+    assert report["jaw_moved_mm"][CHIN_POINT] == 0.0 and len(report["per_point_val_after"]) == 14
+

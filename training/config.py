@@ -45,6 +45,9 @@ class TrainConfig:
         sources: real data sources to train on.
         jaw_turned_weight: loss weight of the 300-W jaw points of turned faces (they follow the visible outline,
             not the 3D contour of synthetic faces and AFLW2000-3D); also applied to the validation split.
+        jaw_turned_side: ``"both"`` reweights the whole jaw of a turned face, ``"far"`` only the side turned away
+            from the camera (on the near side the outline is the jaw contour; :func:`training.data.far_jaw_points`).
+        jaw_turned_min_yaw: a 300-W face counts as turned above this |yaw_estimate| (degrees).
         synthetic_pitch_std: pitch spread of the synthetic faces (degrees).
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
         pseudo_sources: real sources whose missing targets are filled with MediaPipe pseudo-labels
@@ -86,6 +89,8 @@ class TrainConfig:
     pseudo_jaw_max_yaw: float | None = None
     pseudo_jaw_depth: bool = True
     jaw_turned_weight: float = 0.5
+    jaw_turned_side: str = "both"
+    jaw_turned_min_yaw: float = 30.0
     synthetic_pitch_std: float = 12.0
     batch_size: int = 64
     grad_accum: int = 1
@@ -130,6 +135,10 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.jaw_turned_weight < 0:
             raise ValueError(f"jaw_turned_weight must be >= 0, got {self.jaw_turned_weight}")
+        if self.jaw_turned_side not in ("both", "far"):
+            raise ValueError(f"jaw_turned_side must be 'both' or 'far', got {self.jaw_turned_side!r}")
+        if not 0 <= self.jaw_turned_min_yaw <= 90:
+            raise ValueError(f"jaw_turned_min_yaw must be in [0, 90] degrees, got {self.jaw_turned_min_yaw}")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         unknown = set(self.sources) - {"300w", "aflw", "utkface"}

@@ -340,20 +340,34 @@ def load_300w(root: str | os.PathLike | None = None) -> list[FaceSample]:
     return out
 
 
-def reweight_turned_jaw(records: Sequence[FaceSample], weight: float) -> list[FaceSample]:
-    """Copies of ``records`` whose turned 300-W faces give their jaw points (0-16) ``weight`` instead.
+def far_jaw_points(yaw: float) -> slice:
+    """The jaw points (iBUG 0-16) on the side a face turned by ``yaw`` degrees turns away from the camera.
 
-    Turned = ``|yaw_estimate| > JAW_YAW_THRESHOLD_DEG``. The 300-W jaw follows the visible outline, while synthetic
-    faces and AFLW2000-3D use the 3D jaw contour (hidden behind the face when turned); ``weight=0`` removes that
-    conflict. Other records are returned unchanged.
+    Convention: AFLW2000-3D / :func:`estimate_yaw_300w` yaw sign; positive yaw turns the subject's left side
+    (points 9-16, model +x) towards the camera, so points 0-7 are the far side; the chin (8) is never far.
+    """
+    return slice(0, 8) if yaw > 0 else slice(9, 17)
+
+
+def reweight_turned_jaw(records: Sequence[FaceSample], weight: float, side: str = "both",
+                        min_yaw: float = JAW_YAW_THRESHOLD_DEG) -> list[FaceSample]:
+    """Copies of ``records`` whose turned 300-W faces give their jaw points ``weight`` instead.
+
+    Turned = ``|yaw_estimate| > min_yaw``. The 300-W jaw follows the visible outline, while synthetic faces and
+    AFLW2000-3D use the 3D jaw contour (hidden behind the face when turned); ``weight=0`` removes that conflict.
+    On the side that faces the camera the visible outline *is* the jaw contour, so ``side="far"`` reweights only
+    the far side (:func:`far_jaw_points`) and keeps the near side and the chin; ``side="both"`` reweights all of
+    points 0-16. Other records are returned unchanged.
     """
     if weight < 0:
         raise ValueError(f"jaw weight must be >= 0, got {weight}")
+    if side not in ("both", "far"):
+        raise ValueError(f"side must be 'both' or 'far', got {side!r}")
     out = []
     for r in records:
-        if r.source == "300w" and abs(r.yaw_estimate) > JAW_YAW_THRESHOLD_DEG:
+        if r.source == "300w" and abs(r.yaw_estimate) > min_yaw:
             w = r.weights.copy()
-            w[:17] = weight
+            w[slice(0, 17) if side == "both" else far_jaw_points(r.yaw_estimate)] = weight
             r = dataclasses.replace(r, weights=w)
         out.append(r)
     return out

@@ -111,7 +111,10 @@ def _records(split: str, max_yaw: float, sources: list[str], min_yaw: float = -1
 
 
 def _batches(model: Any, records: list[Any], batch_size: int):
-    """Yield ``(points_2d (B, N, 2), targets (B, 68, 2), weights (B, 68), norm (B,))`` without augmentation."""
+    """Yield ``(points_2d (B, N, 2), targets (B, 68, 2), weights (B, 68), norm (B,), rotation (B, 3, 3))``.
+
+    No augmentation; ``rotation`` is the model's predicted head rotation (model frame -> view frame).
+    """
     from training.data import RealFaceDataset
     from training.train import visible_box_size
 
@@ -124,17 +127,25 @@ def _batches(model: Any, records: list[Any], batch_size: int):
         with torch.inference_mode():
             out = model(x)
             pts = model.project(out.vertices, out.params.scale)
-        yield pts, tgt, w, visible_box_size(tgt, w)
+        yield pts, tgt, w, visible_box_size(tgt, w), out.params.rotation
 
 
 def _costs(model: Any, records: list[Any], candidates: torch.Tensor, batch_size: int,
-           points: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cost of each candidate over ``records``; ``points`` selects the landmarks ``candidates`` has rows for."""
+           points: torch.Tensor | None = None, side: torch.Tensor | None = None,
+           min_turn_deg: float = 0.0) -> torch.Tensor:
+    """Mean cost of each candidate over ``records``.
+
+    ``points`` selects the landmarks ``candidates`` has rows for; with ``side`` ((L,) +1 / -1: the model-frame side
+    of each of those landmarks) a point counts only on faces that turn that side towards the camera
+    (:func:`near_side_mask`).
+    """
     sums = torch.zeros(candidates.shape, dtype=torch.float64)
     counts = torch.zeros(candidates.shape[0], dtype=torch.float64)
-    for pts, tgt, w, norm in _batches(model, records, batch_size):
+    for pts, tgt, w, norm, rot in _batches(model, records, batch_size):
         if points is not None:
             tgt, w = tgt[:, points], w[:, points]
+        if side is not None:
+            w = w * near_side_mask(rot, side, min_turn_deg).to(w.dtype)
         s, c = accumulate_costs(pts, tgt, w, norm, candidates)
         sums += s.double()
         counts += c.double()
@@ -238,6 +249,83 @@ def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, ma
     return index, report
 
 
+def near_side_mask(rotation: torch.Tensor, side: torch.Tensor, min_turn_deg: float) -> torch.Tensor:
+    """Which side points face the camera: the side's outward axis turned at least ``min_turn_deg`` towards it.
+
+    Args:
+        rotation: (B, 3, 3) head rotations, model frame -> view frame.
+        side: (L,) +1 for points on the model's +x half (subject's left), -1 for the -x half.
+        min_turn_deg: how far the side's outward direction ``side * x`` must point towards the viewer.
+
+    Returns:
+        (B, L) bool, True where ``(R @ (side, 0, 0))_z > sin(min_turn_deg)``.
+
+    Convention: view frame +x subject's left, +y up, +z towards the viewer; degrees.
+    """
+    toward = rotation[:, 2, 0][:, None] * side[None, :].to(rotation.dtype)  # z of the rotated +-x axis
+    return toward > math.sin(math.radians(min_turn_deg))
+
+
+#: Jaw points fitted by :func:`near_side_jaw`: the contour without the chin.
+JAW_SIDE_POINTS = tuple(i for i in range(17) if i != CHIN_POINT)
+
+
+def near_side_jaw(model: Any, radius: float = 30.0, min_yaw: float = 15.0, max_yaw: float = 60.0,
+                  min_turn_deg: float = 15.0, keep_ears: bool = True, batch_size: int = 64,
+                  limit: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit the depth of the jaw contour on the side of turned faces that faces the camera.
+
+    A frontal 2D jaw annotation fixes a jaw point's height and width but not its depth, and on the far side of a
+    turned face annotators follow the cheek silhouette, which no fixed vertex follows. On the *near* side the
+    annotated jaw line is the mandible's edge itself, seen obliquely, so it does show how deep the contour lies.
+    This picks, for every jaw point but the chin, the vertex within ``radius`` mm of the current one that best
+    matches the 300-W annotations of training faces (``min_yaw < |yaw| <= max_yaw``) on which that point's side is
+    turned at least ``min_turn_deg`` towards the camera (:func:`near_side_mask`, from the model's predicted pose);
+    mirror pairs are chosen together (each side of the pair is observed on faces turned the other way). With
+    ``keep_ears`` the ear points 2 / 14, which :func:`ear_anchored_jaw` fits to AFLW's ear-lobe labels (the
+    benchmark's own convention), stay as they are.
+
+    Returns:
+        ``(index (68,), report)``; the report has the near-side jaw error (mean normalised distance) on the
+        training and validation faces before and after, per point on the validation faces, and the distance each
+        point moved.
+    """
+    morph = model.morphable
+    current = morph.landmark_index.clone()
+    fitted = [i for i in JAW_SIDE_POINTS if not (keep_ears and i in EAR_POINTS)]
+    pts = torch.tensor(fitted)
+    side = torch.sign(morph.mean[current[pts], 0])
+    if (side == 0).any():
+        raise ValueError("a jaw side point lies on the mid-line of the current landmark definition")
+    pos = {p: k for k, p in enumerate(fitted)}
+    mirror = torch.tensor([pos[16 - p] for p in fitted])
+    train, val = (_records(s, max_yaw, ["300w"], min_yaw) for s in ("train", "val"))
+    if limit:
+        train, val = train[:limit], val[:limit]
+    logger.info("near-side jaw fit on %d training faces (%g < |yaw| <= %g), checking on %d validation faces",
+                len(train), min_yaw, max_yaw, len(val))
+    cand = candidate_vertices(morph.mean, current[pts], radius)
+    cost = _costs(model, train, cand, batch_size, pts, side, min_turn_deg)
+    chosen = choose_symmetric(cost.float(), cand, mirror, morph.vertex_mirror)
+    val_cost = _costs(model, val, cand, batch_size, pts, side, min_turn_deg)
+    index = current.clone()
+    index[pts] = chosen
+    moved = (morph.mean[index] - morph.mean[current]).norm(dim=-1)
+    report = {
+        "method": "near_side_jaw", "train_faces": len(train), "val_faces": len(val), "min_yaw_deg": min_yaw,
+        "max_yaw_deg": max_yaw, "min_turn_deg": min_turn_deg, "radius_mm": radius, "points": fitted,
+        "jaw_error_train_before": float(_nme_of(cost, cand, current[pts]).mean()),
+        "jaw_error_train_after": float(_nme_of(cost, cand, chosen).mean()),
+        "jaw_error_val_before": float(_nme_of(val_cost, cand, current[pts]).mean()),
+        "jaw_error_val_after": float(_nme_of(val_cost, cand, chosen).mean()),
+        "per_point_val_before": [round(float(v), 5) for v in _nme_of(val_cost, cand, current[pts])],
+        "per_point_val_after": [round(float(v), 5) for v in _nme_of(val_cost, cand, chosen)],
+        "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
+        "depth_shift_mm": [round(float(v), 2) for v in (morph.mean[index, 2] - morph.mean[current, 2])[:17]],
+    }
+    return index, report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point."""
     from facerecon.models.facerecon import FaceRecon
@@ -249,9 +337,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--radius", type=float, default=20.0, help="search radius around each current vertex (mm)")
     p.add_argument("--max-yaw", type=float, default=None,
                    help="use faces with |yaw| up to this (degrees; default 30, or 90 with --jaw-from-ears)")
-    p.add_argument("--min-yaw", type=float, default=30.0, help="with --jaw-from-ears: faces with |yaw| above this")
+    p.add_argument("--min-yaw", type=float, default=None,
+                   help="with --jaw-from-ears / --jaw-near-side: faces with |yaw| above this (default 30 / 15)")
     p.add_argument("--jaw-from-ears", action="store_true",
                    help="keep the other points and move the jaw back in depth to the ear labels (ear_anchored_jaw)")
+    p.add_argument("--jaw-near-side", action="store_true",
+                   help="keep the other points and fit the jaw on the near side of turned 300-W faces (near_side_jaw)")
+    p.add_argument("--min-turn", type=float, default=15.0,
+                   help="with --jaw-near-side: how far (deg) a side must face the camera for its points to count")
     p.add_argument("--sources", nargs="+", default=["300w", "aflw"])
     p.add_argument("--limit", type=int, default=0, help="at most this many faces per split (0 = all)")
     p.add_argument("--threads", type=int, default=0)
@@ -261,9 +354,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model = FaceRecon.from_pretrained(args.model).eval()
     m = model.morphable
-    if args.jaw_from_ears:
-        index, report = ear_anchored_jaw(model, radius=args.radius, min_yaw=args.min_yaw,
-                                         max_yaw=90.0 if args.max_yaw is None else args.max_yaw, limit=args.limit)
+    if args.jaw_from_ears and args.jaw_near_side:
+        raise SystemExit("choose one of --jaw-from-ears and --jaw-near-side")
+    if args.jaw_from_ears or args.jaw_near_side:
+        if args.jaw_from_ears:
+            index, report = ear_anchored_jaw(model, radius=args.radius,
+                                             min_yaw=30.0 if args.min_yaw is None else args.min_yaw,
+                                             max_yaw=90.0 if args.max_yaw is None else args.max_yaw, limit=args.limit)
+        else:
+            index, report = near_side_jaw(model, radius=args.radius,
+                                          min_yaw=15.0 if args.min_yaw is None else args.min_yaw,
+                                          max_yaw=60.0 if args.max_yaw is None else args.max_yaw,
+                                          min_turn_deg=args.min_turn, limit=args.limit)
         report["fitted_with"] = str(args.model)
         save_landmark_index(args.out, index, m.surface, m.faces, m.n_vertices, report)
         print(json.dumps(report, indent=1))

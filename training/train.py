@@ -93,7 +93,8 @@ def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
 
     splits = make_splits(seed=0, sources=cfg.sources)
     logger.info("data splits:\n%s", format_split_sizes(splits))
-    splits = {k: reweight_turned_jaw(v, cfg.jaw_turned_weight) for k, v in splits.items()}
+    splits = {k: reweight_turned_jaw(v, cfg.jaw_turned_weight, cfg.jaw_turned_side, cfg.jaw_turned_min_yaw)
+              for k, v in splits.items()}
     if cfg.pseudo_sources:
         splits["train"] = with_pseudo_labels(splits["train"], cfg)
     train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed)
