@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import angle_error, load_aflw2000, main, nme_68, rotation_error_deg, ssim_map
+from training.evaluate import (
+    angle_error,
+    load_aflw2000,
+    main,
+    nme_68,
+    rotation_error_deg,
+    signed_angle_difference,
+    ssim_map,
+)
 
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "aflw2000-3d-dev"
 
@@ -52,6 +60,9 @@ def test_metric_helpers():
     gt = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 40.0], [0.0, 40.0]])
     assert nme_68(gt + [3.0, 4.0], gt) == pytest.approx(5.0 / 20.0)
     assert angle_error(179.0, -179.0) == pytest.approx(2.0)
+    assert signed_angle_difference(179.0, -179.0) == pytest.approx(-2.0)
+    assert signed_angle_difference(-179.0, 179.0) == pytest.approx(2.0)
+    assert signed_angle_difference(10.0, 30.0) == pytest.approx(-20.0)
     x = torch.rand(1, 3, 32, 32)
     assert float(ssim_map(x, x).mean()) == pytest.approx(1.0, abs=1e-5)
     assert float(ssim_map(x, torch.rand(1, 3, 32, 32)).mean()) < 0.3
