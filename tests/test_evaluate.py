@@ -126,7 +126,12 @@ def test_model_card_from_results(tmp_path):
     assert "|yaw| <= 30 deg, without jaw depth" in flipped and "ear-lobe labels" in flipped and "Yaw: AFLW" in flipped
     assert "Pose pseudo-labels" not in flipped and "about 17 mm behind" in flipped
     v4 = render_card(ev, {"config": dict(cfg, model={"landmarks": "refined-v4"})}, "cmd")
-    assert "`refined-v4`" in v4 and "about 21 mm" in v4
+    assert "`refined-v4`" in v4 and "about 21 mm" in v4 and "tapering to the chin" in v4
+    assert "Turned 300-W faces" not in v4
+    near = render_card(ev, {"config": dict(cfg, model={"landmarks": "refined-v5"}, jaw_turned_side="far",
+                                           jaw_turned_min_yaw=15.0, jaw_turned_weight=0.0)}, "cmd")
+    assert "camera-facing side of turned 300-W training faces" in near and "tapering" not in near
+    assert "Turned 300-W faces (|yaw| > 15 deg): the jaw points on the side turned away" in near
     posed = render_card(ev, {"config": dict(cfg, loss={"yaw": 0.2, "pseudo_pose": 0.3})}, "cmd")
     assert "Pose pseudo-labels: the rotation of the rigid fit" in posed and "pseudo_pose 0.3" in posed
     assert "| **NME balanced (%)** | **4.00** |" in card

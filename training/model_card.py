@@ -22,7 +22,10 @@ def _pct(x: float) -> str:
 
 # Bundled landmark definitions whose jaw was placed by ``training.fit_landmarks --jaw-from-ears``: the depth of the
 # jaw contour behind ICT-FaceKit's frontal silhouette (from each JSON's report: refined-v3 by v7, refined-v4 by v11).
-_EAR_ANCHORED_JAW = {"refined-v3": "about 17 mm", "refined-v4": "about 21 mm (refined-v3's 17 mm plus 3.6 mm)"}
+_EAR_ANCHORED_JAW = {"refined-v3": "about 17 mm", "refined-v4": "about 21 mm (refined-v3's 17 mm plus 3.6 mm)",
+                     "refined-v5": "about 21 mm (refined-v4's ear pair)"}
+# Landmark sets whose other jaw points were then refitted on the camera-facing side of turned 300-W faces.
+_NEAR_SIDE_JAW = {"refined-v5"}
 
 
 def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
@@ -146,6 +149,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"- Data: {', '.join(cfg.get('sources', []))} (deterministic 70/15/15 split, duplicates grouped), "
         f"synthetic share {cfg.get('synthetic_fraction', 0)}; augmentation: rotation, translation, scale, flip with "
         "the landmark mirror map, colour jitter, blur, JPEG, synthetic occlusions (sunglasses, masks, hands).",
+        *([f"- Turned 300-W faces (|yaw| > {cfg.get('jaw_turned_min_yaw', 30.0):g} deg): the jaw points on the side "
+           f"turned away from the camera, which annotators put on the cheek outline, get weight "
+           f"{cfg.get('jaw_turned_weight')}; the camera-facing side, whose outline is the jaw contour, and the chin "
+           "keep theirs."] if cfg.get("jaw_turned_side") == "far" else []),
         *([f"- Pseudo-labels: MediaPipe Face Landmarker points (`training/pseudo_label.py`, mapped to iBUG 68 by "
            "the correspondence `training.pseudo_map` fitted on the 300-W training split) fill the targets the "
            f"manual labels lack on {', '.join(cfg['pseudo_sources'])} (hidden points, jaw and contours) at weight "
@@ -165,8 +172,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"- Landmark vertices: `{model_cfg.get('landmarks', 'ict')}` (`facerecon/assets/landmarks/`, chosen by "
         "`training.fit_landmarks` on the training split"
         + ("; the jaw contour sits where AFLW's ear-lobe labels put jaw points 2 / 14 on turned training faces, "
-           f"{_EAR_ANCHORED_JAW[model_cfg['landmarks']]} behind ICT-FaceKit's frontal silhouette, tapering to the "
-           "chin)."
+           f"{_EAR_ANCHORED_JAW[model_cfg['landmarks']]} behind ICT-FaceKit's frontal silhouette, "
+           + ("and the other jaw points were refitted on the camera-facing side of turned 300-W training faces, "
+              "where the annotated outline is the jaw contour itself: `--jaw-near-side`)."
+              if model_cfg.get("landmarks") in _NEAR_SIDE_JAW else "tapering to the chin).")
            if model_cfg.get("landmarks") in _EAR_ANCHORED_JAW else ")."),
         f"- Optimiser: Adam, lr {cfg.get('lr')}, {cfg.get('schedule')} schedule with {cfg.get('warmup_steps')} warm-up "
         f"steps, batch {cfg.get('batch_size')}, gradient clipping {cfg.get('grad_clip')}; trained on 2 CPU cores.",
@@ -204,7 +213,7 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "## Limitations",
         "",
         "- Trained from scratch (no ImageNet weights could be downloaded) on about 8,000 real faces plus synthetic "
-        "renders, on 2 CPU cores for about 10 hours in all: accuracy is well below published GPU-trained models, "
+        "renders, on 2 CPU cores for about 11 hours in all: accuracy is well below published GPU-trained models, "
         "especially beyond 60 degrees of yaw, and pitch is the least accurate angle (it changes the 2D landmarks "
         "little under a weak-perspective camera).",
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
