@@ -1,6 +1,8 @@
 """Fit the landmark definition: which surface vertex best stands for each iBUG point on annotated photos.
 
     python -m training.fit_landmarks --model DIR --out facerecon/assets/landmarks/refined.json [--max-yaw 30]
+    python -m training.fit_landmarks --model DIR --out OUT.json --jaw-from-ears --radius 45   # ear_anchored_jaw
+    python -m training.fit_landmarks --model DIR --out OUT.json --jaw-near-side --radius 30   # near_side_jaw
 
 ICT-FaceKit's 68 landmark vertices do not sit exactly where 300-W / AFLW annotators put the points (e.g. its brow
 vertices lie above the annotated brow line), so a model trained on photos bends the shape to bring those vertices to
