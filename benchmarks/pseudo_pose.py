@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from facerecon import DEFAULT_MODEL_DIR
     from facerecon.geometry import matrix_to_euler
     from facerecon.models.facerecon import FaceRecon
-    from training.evaluate import angle_error, load_aflw2000, signed_angle_difference
+    from training.evaluate import load_aflw2000, signed_angle_difference
     from training.losses import pseudo_rotation
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| angle | pseudo-pose MAE (deg) | mean signed error | slope on the label |")
     print("|---|---|---|---|")
     for k, angle in enumerate(("yaw", "pitch", "roll")):
-        err = np.array([angle_error(f, g) for f, g in zip(fit[:, k], gt[:, k], strict=True)])
-        signed = np.array([signed_angle_difference(f, g) for f, g in zip(fit[:, k], gt[:, k], strict=True)])
+        signed = signed_angle_difference(fit[:, k], gt[:, k])
+        err = np.abs(signed)
         slope = np.polyfit(gt[:, k], fit[:, k], 1)[0]
         print(f"| {angle} | {err.mean():.2f} | {signed.mean():+.2f} | {slope:.2f} |")
     if args.eval:

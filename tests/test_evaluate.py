@@ -63,6 +63,7 @@ def test_metric_helpers():
     assert signed_angle_difference(179.0, -179.0) == pytest.approx(-2.0)
     assert signed_angle_difference(-179.0, 179.0) == pytest.approx(2.0)
     assert signed_angle_difference(10.0, 30.0) == pytest.approx(-20.0)
+    assert np.allclose(signed_angle_difference(np.array([179.0, 10.0]), np.array([-179.0, 30.0])), [-2.0, -20.0])
     x = torch.rand(1, 3, 32, 32)
     assert float(ssim_map(x, x).mean()) == pytest.approx(1.0, abs=1e-5)
     assert float(ssim_map(x, torch.rand(1, 3, 32, 32)).mean()) < 0.3

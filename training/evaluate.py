@@ -123,14 +123,14 @@ def box_contains_centre(boxes: list[Any], landmarks: np.ndarray) -> bool:
     return any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in boxes)
 
 
-def signed_angle_difference(a: float, b: float) -> float:
-    """``a - b`` for two angles in degrees, wrapped to [-180, 180)."""
-    return (float(a) - float(b) + 180.0) % 360.0 - 180.0
+def signed_angle_difference(a: Any, b: Any) -> Any:
+    """``a - b`` for angles in degrees (floats or same-shape arrays), wrapped to [-180, 180)."""
+    return (a - b + 180.0) % 360.0 - 180.0
 
 
 def angle_error(a: float, b: float) -> float:
     """Absolute difference of two angles in degrees, wrapped to [0, 180]."""
-    return abs(signed_angle_difference(a, b))
+    return abs(signed_angle_difference(float(a), float(b)))
 
 
 def rotation_error_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

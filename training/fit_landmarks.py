@@ -160,6 +160,14 @@ def _nme_of(cost: torch.Tensor, candidates: torch.Tensor, chosen: torch.Tensor) 
     return cost.gather(1, k[:, None])[:, 0]
 
 
+def _errors_before_after(name: str, cost: torch.Tensor, val_cost: torch.Tensor, candidates: torch.Tensor,
+                         before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+    """Report entries ``{name}_error_{train,val}_{before,after}``: mean error of the old and the new vertices."""
+    return {f"{name}_error_{split}_{when}": float(_nme_of(c, candidates, chosen).mean())
+            for split, c in (("train", cost), ("val", val_cost)) for when, chosen in (("before", before),
+                                                                                     ("after", after))}
+
+
 def fit_landmarks(model: Any, radius: float = 20.0, max_yaw: float = 30.0, sources: list[str] | None = None,
                   batch_size: int = 64, limit: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
     """Choose the landmark vertices (see the module docstring); returns ``(index (68,), report)``."""
@@ -242,10 +250,7 @@ def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, ma
     report = {
         "method": "ear_anchored_jaw", "train_faces": len(train), "val_faces": len(val), "min_yaw_deg": min_yaw,
         "max_yaw_deg": max_yaw, "radius_mm": radius, "depth_shift_mm": dz,
-        "ear_error_train_before": float(_nme_of(cost, cand, current[ears]).mean()),
-        "ear_error_train_after": float(_nme_of(cost, cand, chosen_ears).mean()),
-        "ear_error_val_before": float(_nme_of(val_cost, cand, current[ears]).mean()),
-        "ear_error_val_after": float(_nme_of(val_cost, cand, chosen_ears).mean()),
+        **_errors_before_after("ear", cost, val_cost, cand, current[ears], chosen_ears),
         "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
     }
     return index, report
@@ -316,10 +321,7 @@ def near_side_jaw(model: Any, radius: float = 30.0, min_yaw: float = 15.0, max_y
     report = {
         "method": "near_side_jaw", "train_faces": len(train), "val_faces": len(val), "min_yaw_deg": min_yaw,
         "max_yaw_deg": max_yaw, "min_turn_deg": min_turn_deg, "radius_mm": radius, "points": fitted,
-        "jaw_error_train_before": float(_nme_of(cost, cand, current[pts]).mean()),
-        "jaw_error_train_after": float(_nme_of(cost, cand, chosen).mean()),
-        "jaw_error_val_before": float(_nme_of(val_cost, cand, current[pts]).mean()),
-        "jaw_error_val_after": float(_nme_of(val_cost, cand, chosen).mean()),
+        **_errors_before_after("jaw", cost, val_cost, cand, current[pts], chosen),
         "per_point_val_before": [round(float(v), 5) for v in _nme_of(val_cost, cand, current[pts])],
         "per_point_val_after": [round(float(v), 5) for v in _nme_of(val_cost, cand, chosen)],
         "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
@@ -341,10 +343,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="use faces with |yaw| up to this (degrees; default 30, or 90 with --jaw-from-ears)")
     p.add_argument("--min-yaw", type=float, default=None,
                    help="with --jaw-from-ears / --jaw-near-side: faces with |yaw| above this (default 30 / 15)")
-    p.add_argument("--jaw-from-ears", action="store_true",
-                   help="keep the other points and move the jaw back in depth to the ear labels (ear_anchored_jaw)")
-    p.add_argument("--jaw-near-side", action="store_true",
-                   help="keep the other points and fit the jaw on the near side of turned 300-W faces (near_side_jaw)")
+    jaw = p.add_mutually_exclusive_group()
+    jaw.add_argument("--jaw-from-ears", action="store_true",
+                     help="keep the other points and move the jaw back in depth to the ear labels (ear_anchored_jaw)")
+    jaw.add_argument("--jaw-near-side", action="store_true",
+                     help="keep the other points and fit the jaw on the near side of turned 300-W faces "
+                          "(near_side_jaw)")
     p.add_argument("--min-turn", type=float, default=15.0,
                    help="with --jaw-near-side: how far (deg) a side must face the camera for its points to count")
     p.add_argument("--sources", nargs="+", default=["300w", "aflw"])
@@ -356,8 +360,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model = FaceRecon.from_pretrained(args.model).eval()
     m = model.morphable
-    if args.jaw_from_ears and args.jaw_near_side:
-        raise SystemExit("choose one of --jaw-from-ears and --jaw-near-side")
     if args.jaw_from_ears or args.jaw_near_side:
         if args.jaw_from_ears:
             index, report = ear_anchored_jaw(model, radius=args.radius,
