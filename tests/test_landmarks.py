@@ -138,3 +138,23 @@ def test_build_model_overrides_loaded_config(tiny_model, tmp_path):
         assert torch.equal(model.state_dict()[k], v), k
     model.save_pretrained(tmp_path / "m2")
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["landmarks"] == "refined-v1"
+
+
+def test_fit_landmarks_keep_jaw_moves_only_points_17_to_67(tiny_model, monkeypatch):
+    import training.fit_landmarks as fl
+
+    m = tiny_model.morphable
+    current = m.landmark_index
+    # One "face": the mean shape seen from the front, annotated 3 mm below every current landmark vertex.
+    pts = m.mean[None, :, :2]
+    targets = pts[:, current] - torch.tensor([0.0, 3.0])
+    batch = (pts, targets, torch.ones(1, 68), torch.tensor([100.0]), torch.eye(3)[None])
+    monkeypatch.setattr(fl, "_records", lambda *a, **k: ["face"])
+    monkeypatch.setattr(fl, "_batches", lambda *a, **k: iter([batch]))
+    full, _ = fl.fit_landmarks(tiny_model, radius=6.0)
+    kept, report = fl.fit_landmarks(tiny_model, radius=6.0, keep_jaw=True)
+    assert not torch.equal(full[:17], current[:17])  # the plain fit would move the jaw too
+    assert torch.equal(kept[:17], current[:17]) and torch.equal(kept[17:], full[17:])
+    assert torch.equal(kept[m.landmark_mirror], m.vertex_mirror[kept])
+    assert report["method"] == "frontal_keep_jaw"
+    assert report["val_point_error_after"] < report["val_point_error_before"]

@@ -3,6 +3,7 @@
     python -m training.fit_landmarks --model DIR --out facerecon/assets/landmarks/refined.json [--max-yaw 30]
     python -m training.fit_landmarks --model DIR --out OUT.json --jaw-from-ears --radius 45   # ear_anchored_jaw
     python -m training.fit_landmarks --model DIR --out OUT.json --jaw-near-side --radius 30   # near_side_jaw
+    python -m training.fit_landmarks --model DIR --out OUT.json --keep-jaw   # frontal fit of points 17-67 only
 
 ICT-FaceKit's 68 landmark vertices do not sit exactly where 300-W / AFLW annotators put the points (e.g. its brow
 vertices lie above the annotated brow line), so a model trained on photos bends the shape to bring those vertices to
@@ -26,6 +27,9 @@ from typing import Any
 import torch
 
 logger = logging.getLogger("facerecon.fit_landmarks")
+
+#: Number of jaw-contour points at the start of the iBUG 68 order.
+JAW_POINTS = 17
 
 
 def candidate_vertices(mean: torch.Tensor, landmark_index: torch.Tensor, radius: float) -> torch.Tensor:
@@ -169,8 +173,12 @@ def _errors_before_after(name: str, cost: torch.Tensor, val_cost: torch.Tensor, 
 
 
 def fit_landmarks(model: Any, radius: float = 20.0, max_yaw: float = 30.0, sources: list[str] | None = None,
-                  batch_size: int = 64, limit: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Choose the landmark vertices (see the module docstring); returns ``(index (68,), report)``."""
+                  batch_size: int = 64, limit: int = 0, keep_jaw: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Choose the landmark vertices (see the module docstring); returns ``(index (68,), report)``.
+
+    With ``keep_jaw`` the 17 jaw points stay as they are (e.g. as :func:`near_side_jaw` fitted them: a frontal fit
+    cannot see their depth) and only points 17-67 move; jaw and non-jaw points mirror among themselves.
+    """
     sources = sources or ["300w", "aflw"]
     morph = model.morphable
     current = morph.landmark_index.clone()
@@ -182,11 +190,13 @@ def fit_landmarks(model: Any, radius: float = 20.0, max_yaw: float = 30.0, sourc
                 len(val))
     cost = _costs(model, train, candidates, batch_size)
     chosen = choose_symmetric(cost.float(), candidates, morph.landmark_mirror, morph.vertex_mirror)
+    if keep_jaw:
+        chosen = torch.cat([current[:JAW_POINTS], chosen[JAW_POINTS:]])
     val_cost = _costs(model, val, candidates, batch_size)
     moved = (morph.mean[chosen] - morph.mean[current]).norm(dim=-1)
     report = {
-        "train_faces": len(train), "val_faces": len(val), "max_yaw_deg": max_yaw, "radius_mm": radius,
-        "sources": sources,
+        "method": "frontal_keep_jaw" if keep_jaw else "frontal", "train_faces": len(train), "val_faces": len(val),
+        "max_yaw_deg": max_yaw, "radius_mm": radius, "sources": sources,
         "train_point_error_before": float(_nme_of(cost, candidates, current).mean()),
         "train_point_error_after": float(_nme_of(cost, candidates, chosen).mean()),
         "val_point_error_before": float(_nme_of(val_cost, candidates, current).mean()),
@@ -274,7 +284,7 @@ def near_side_mask(rotation: torch.Tensor, side: torch.Tensor, min_turn_deg: flo
 
 
 #: Jaw points fitted by :func:`near_side_jaw`: the contour without the chin.
-JAW_SIDE_POINTS = tuple(i for i in range(17) if i != CHIN_POINT)
+JAW_SIDE_POINTS = tuple(i for i in range(JAW_POINTS) if i != CHIN_POINT)
 
 
 def near_side_jaw(model: Any, radius: float = 30.0, min_yaw: float = 15.0, max_yaw: float = 60.0,
@@ -349,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jaw.add_argument("--jaw-near-side", action="store_true",
                      help="keep the other points and fit the jaw on the near side of turned 300-W faces "
                           "(near_side_jaw)")
+    jaw.add_argument("--keep-jaw", action="store_true",
+                     help="frontal fit of points 17-67 only; the jaw keeps its current (e.g. near-side) vertices")
     p.add_argument("--min-turn", type=float, default=15.0,
                    help="with --jaw-near-side: how far (deg) a side must face the camera for its points to count")
     p.add_argument("--sources", nargs="+", default=["300w", "aflw"])
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(report, indent=1))
         return report
     index, report = fit_landmarks(model, args.radius, 30.0 if args.max_yaw is None else args.max_yaw, args.sources,
-                                  limit=args.limit)
+                                  limit=args.limit, keep_jaw=args.keep_jaw)
     report["fitted_with"] = str(args.model)
     save_landmark_index(args.out, index, m.surface, m.faces, m.n_vertices, report)
     logger.info("mean point error / face size: train %.4f -> %.4f, val %.4f -> %.4f; moved %.1f mm on average",
