@@ -276,3 +276,68 @@ def test_total_loss_adds_weighted_pseudo_pose_only_with_depth_and_the_model(fixe
     assert total.item() == pytest.approx(base.item() + 0.5 * expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="pseudo-pose term needs the model"):
         total_loss(out, batch, LossWeights(pseudo_pose=0.5), 64, extend_landmarks)
+
+
+def test_shape_at_matches_the_dense_shape(tiny_model):
+    m = tiny_model.morphable
+    torch.manual_seed(1)
+    ident, expr = torch.randn(2, m.n_identity), torch.rand(2, m.n_expression)
+    index = torch.tensor([5, 0, 123, 5])
+    assert torch.allclose(m.shape_at(ident, expr, index), m.shape(ident, expr)[:, index], atol=1e-4)
+
+
+def test_source_landmarks_2d_uses_each_sources_vertices_with_gradients(tiny_model):
+    from training.losses import source_landmarks_2d
+
+    m = tiny_model.morphable
+    alt = m.landmark_index.roll(1)  # another definition (any 68 vertices)
+    x = torch.rand(3, 3, 64, 64)
+    out = tiny_model(x)
+    source = torch.tensor([0, 1, -1])
+    pred = source_landmarks_2d(tiny_model, out, source, {1: alt})
+    expected = tiny_model.project(out.vertices[:, alt], out.params.scale)
+    assert torch.allclose(pred[1], expected[1], atol=1e-3)
+    assert torch.equal(pred[[0, 2]], out.landmarks_2d[[0, 2]])  # 300-W and synthetic faces keep the model's points
+    own = source_landmarks_2d(tiny_model, out, source, {0: m.landmark_index, 1: m.landmark_index})
+    assert torch.allclose(own, out.landmarks_2d, atol=1e-3)
+    pred[1].sum().backward()
+    assert tiny_model.identity_head.weight.grad.abs().sum() > 0
+
+
+def test_source_landmarks_config_checks_and_mix_batches_marks_synthetic(tiny_model):
+    from training.config import TrainConfig
+    from training.synthetic import SyntheticFaces, mix_batches
+
+    with pytest.raises(ValueError, match="source_landmarks"):
+        TrainConfig(sources=["300w"], source_landmarks={"aflw": "refined-v5"})
+    with pytest.raises(ValueError, match="source_landmarks"):
+        TrainConfig(sources=["300w", "utkface"], source_landmarks={"utkface": "refined-v5"})
+    synth = SyntheticFaces(tiny_model, seed=0).batch(2, index=0)
+    real = {"image": torch.zeros(3, 3, 64, 64), "landmarks": torch.zeros(3, 71, 2), "weights": torch.zeros(3, 71),
+            "source": torch.tensor([0, 1, 0])}
+    assert mix_batches(real, synth)["source"].tolist() == [0, 1, 0, -1, -1]
+
+
+@pytest.mark.timeout(300)
+def test_train_with_source_landmarks(ict_dir, tmp_path):
+    """The model's own definition given per source changes nothing; another one changes the validation NME."""
+    import dataclasses
+
+    from facerecon.models.facerecon import FaceRecon
+    from facerecon.morphable.landmarks import save_landmark_index
+    from training.train import source_definitions, train
+
+    base = _tiny_cfg(tmp_path / "a", "max_steps=2", "val_every=2", "save_every=2")
+    m = FaceRecon(base.model_config()).morphable
+    own = save_landmark_index(tmp_path / "own.json", m.landmark_index, m.surface, m.faces, m.n_vertices)
+    other = save_landmark_index(tmp_path / "other.json", m.landmark_index.roll(1), m.surface, m.faces, m.n_vertices)
+    plain = train(base)
+    same = train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), source_landmarks={"300w": str(own)}))
+    moved = train(dataclasses.replace(base, output_dir=str(tmp_path / "c"), source_landmarks={"300w": str(other)}))
+    for step in (1, 2):
+        assert same["train_losses"][step] == pytest.approx(plain["train_losses"][step], rel=1e-4)
+    assert same["best_val_nme"] == pytest.approx(plain["best_val_nme"], rel=1e-4)
+    assert moved["best_val_nme"] > 1.2 * plain["best_val_nme"]
+    bad = dataclasses.replace(base, source_landmarks={"300w": "ict"})
+    with pytest.raises(ValueError, match="fitted"):
+        source_definitions(bad, FaceRecon(bad.model_config()))

@@ -48,6 +48,9 @@ class TrainConfig:
         jaw_turned_side: ``"both"`` reweights the whole jaw of a turned face, ``"far"`` only the side turned away
             from the camera (on the near side the outline is the jaw contour; :func:`training.data.far_jaw_points`).
         jaw_turned_min_yaw: a 300-W face counts as turned above this |yaw_estimate| (degrees).
+        source_landmarks: per-source landmark definitions ``{source: name or JSON path}`` that the 2D landmark loss
+            and the validation NME compare that source's annotations with (annotation conventions differ between
+            datasets; :func:`training.losses.source_landmarks_2d`); other sources use the model's ``landmarks``.
         synthetic_pitch_std: pitch spread of the synthetic faces (degrees).
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
         pseudo_sources: real sources whose missing targets are filled with MediaPipe pseudo-labels
@@ -91,6 +94,7 @@ class TrainConfig:
     jaw_turned_weight: float = 0.5
     jaw_turned_side: str = "both"
     jaw_turned_min_yaw: float = 30.0
+    source_landmarks: dict[str, str] = field(default_factory=dict)
     synthetic_pitch_std: float = 12.0
     batch_size: int = 64
     grad_accum: int = 1
@@ -144,6 +148,9 @@ class TrainConfig:
         unknown = set(self.sources) - {"300w", "aflw", "utkface"}
         if unknown:
             raise ValueError(f"unknown data sources {sorted(unknown)}; use 300w, aflw, utkface")
+        if not set(self.source_landmarks) <= set(self.sources) - {"utkface"}:
+            raise ValueError(f"source_landmarks keys {sorted(self.source_landmarks)} must be annotated sources among "
+                             f"{self.sources} (utkface has no landmarks)")
         if not set(self.pseudo_sources) <= set(self.sources):
             raise ValueError(f"pseudo_sources {self.pseudo_sources} must be among sources {self.sources}")
         if not 0.0 < self.pseudo_weight <= 1.0:

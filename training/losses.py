@@ -226,9 +226,43 @@ def regularization_loss(out: FaceReconOutput, weights: LossWeights) -> torch.Ten
             + weights.albedo_prior * albedo + weights.lighting_prior * lighting)
 
 
+def source_landmarks_2d(model: torch.nn.Module, out: FaceReconOutput, source: torch.Tensor,
+                        definitions: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Predicted 2D landmarks with each sample's own source's landmark definition.
+
+    Annotators of different datasets place some points differently (AFLW's nose wings, brows and mouth centre sit
+    2-3 % of the face size away from 300-W's on the same faces), so one set of vertices cannot match both: the
+    shape would bend to a compromise. A source listed in ``definitions`` is compared with its own vertices; the
+    model's output landmarks keep its configured definition.
+
+    Args:
+        model: the (unwrapped) FaceRecon (its morphable model and camera).
+        out: model output (``params`` and ``landmarks_2d``).
+        source: (B,) source ids (:data:`training.data.SOURCE_IDS`; synthetic faces -1).
+        definitions: source id -> (68,) vertex indices.
+
+    Returns:
+        (B, 68, 2) crop pixels: ``out.landmarks_2d`` where the source has no definition of its own.
+
+    Convention: 0-based crop pixel centres.
+    """
+    from facerecon.geometry import model_to_camera
+
+    pred = out.landmarks_2d
+    p = out.params
+    for sid, index in definitions.items():
+        use = source == sid
+        if not bool(use.any()):
+            continue
+        pts = model_to_camera(model.morphable.shape_at(p.identity, p.expression, index), p.rotation, p.translation)
+        pred = torch.where(use[:, None, None], model.project(pts, p.scale).to(pred.dtype), pred)
+    return pred
+
+
 def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: LossWeights, crop_size: int,
                extend: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module | None = None,
-               perceptual: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               perceptual: Callable[..., torch.Tensor] | None = None,
+               landmarks_2d: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Combine the loss terms available for this batch.
 
     Args:
@@ -242,12 +276,14 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
         extend: maps (B, 68, 2) predictions to the extended (B, 71, 2) layout.
         model: the (unwrapped) FaceRecon, for its camera and mesh; needed by the photometric and perceptual terms.
         perceptual: a :class:`training.perceptual.PerceptualLoss` (needed when ``weights.perceptual > 0``).
+        landmarks_2d: (B, 68, 2) predictions the landmark term compares with the targets instead of
+            ``out.landmarks_2d`` (e.g. :func:`source_landmarks_2d`).
 
     Returns:
         The total loss and a dict of the named (detached) parts.
     """
     parts: dict[str, torch.Tensor] = {}
-    pred71 = extend(out.landmarks_2d)
+    pred71 = extend(out.landmarks_2d if landmarks_2d is None else landmarks_2d)
     importance = point_weights(pred71.shape[1], weights.eye_weight, weights.mouth_weight, pred71.device,
                                pred71.dtype)
     parts["landmark"] = landmark_loss(pred71, batch["landmarks"], batch["weights"], crop_size, importance)

@@ -175,7 +175,7 @@ def mix_batches(real: dict[str, torch.Tensor], synthetic: dict[str, torch.Tensor
 
     Real samples get zero vertices, identity rotations and ``has_vertices`` False (no 3D ground truth); synthetic
     samples get zero ``depth_weights`` when the real batch has pseudo-label ``depth`` and a NaN ``yaw`` label when it
-    has ``yaw`` (their exact rotation is in ``rotation``).
+    has ``yaw`` (their exact rotation is in ``rotation``), and source id -1 when it has ``source``.
     """
     n_real = real["image"].shape[0]
     out = {k: torch.cat([real[k], synthetic[k].to(real[k].dtype)]) for k in ("image", "landmarks", "weights")}
@@ -188,6 +188,8 @@ def mix_batches(real: dict[str, torch.Tensor], synthetic: dict[str, torch.Tensor
         n_syn = synthetic["image"].shape[0]
         for key in ("depth", "depth_weights"):
             out[key] = torch.cat([real[key], real[key].new_zeros((n_syn, *real[key].shape[1:]))])
+    if "source" in real:  # synthetic faces have no data source: -1
+        out["source"] = torch.cat([real["source"], real["source"].new_full((synthetic["image"].shape[0],), -1)])
     if "yaw" in real:
         yaw = real["yaw"].float()
         out["yaw"] = torch.cat([yaw, yaw.new_full((synthetic["image"].shape[0],), float("nan"))])

@@ -168,17 +168,43 @@ def nme(pred71: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> to
     return torch.where(vis.any(1), err / size, torch.zeros_like(err))
 
 
-def evaluate(model, loader: DataLoader, accelerator, extend) -> dict[str, float]:
-    """Validation NME (68-point layout restricted to the visible targets), gathered over processes."""
+def source_definitions(cfg: TrainConfig, model) -> dict[int, torch.Tensor]:
+    """``cfg.source_landmarks`` loaded and checked against the model's mesh: source id -> (68,) vertex indices."""
+    from facerecon.morphable.landmarks import load_landmark_index
+    from training.data import SOURCE_IDS
+
+    m = model.morphable
+    out = {}
+    for source, name in cfg.source_landmarks.items():
+        index = load_landmark_index(name, model.config.surface, m.faces, m.n_vertices)
+        if index is None:
+            raise ValueError(f"source_landmarks[{source!r}] = {name!r} is ICT-FaceKit's own definition; give a fitted "
+                             "one (a name in facerecon/assets/landmarks or a JSON path)")
+        out[SOURCE_IDS[source]] = index.to(m.landmark_index.device)
+    return out
+
+
+def evaluate(model, loader: DataLoader, accelerator, extend,
+             definitions: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
+    """Validation NME (68-point layout restricted to the visible targets), gathered over processes.
+
+    With ``definitions`` (:func:`source_definitions`) those sources' annotations are compared with their own
+    landmark vertices (:func:`training.losses.source_landmarks_2d`).
+    """
+    from training.losses import source_landmarks_2d
+
     model.eval()
+    unwrapped = accelerator.unwrap_model(model)
     errs = []
     with torch.no_grad():
         for batch in loader:
             out = model(batch["image"], landmarks_only=True)
+            pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions) if definitions else \
+                out.landmarks_2d
             # Only the 68 iBUG points count for NME (the virtual centres are training aids).
             w = batch["weights"].clone()
             w[:, 68:] = 0
-            e = nme(extend(out.landmarks_2d.float()), batch["landmarks"], w)
+            e = nme(extend(pred.float()), batch["landmarks"], w)
             errs.append(accelerator.gather_for_metrics(e))
     model.train()
     all_err = torch.cat(errs) if errs else torch.zeros(0)
@@ -201,7 +227,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
     from tqdm.auto import tqdm
 
     from training.data import extend_landmarks
-    from training.losses import total_loss
+    from training.losses import source_landmarks_2d, total_loss
 
     out_dir = Path(cfg.output_dir)
     # Parameters that no active loss reaches (albedo / lighting heads without a photometric loss) need DDP's
@@ -245,6 +271,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
         model, optimizer, train_loader, val_loader, scheduler)
 
     unwrapped = accelerator.unwrap_model(model)
+    definitions = source_definitions(cfg, unwrapped)
     perceptual = None
     if cfg.loss.perceptual > 0:
         from training.perceptual import PerceptualLoss
@@ -290,8 +317,9 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 out = model(batch["image"], landmarks_only=not needs_mesh)
+                pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions) if definitions else None
                 loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks,
-                                         model=unwrapped, perceptual=perceptual)
+                                         model=unwrapped, perceptual=perceptual, landmarks_2d=pred)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -312,7 +340,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
                 bar.set_postfix(loss=f"{float(parts['total']):.4f}", lmk=f"{float(parts['landmark']):.4f}")
             epoch_end = not cfg.val_every and batches == len(train_loader)
             if (cfg.val_every and step % cfg.val_every == 0) or epoch_end or step == cfg.max_steps:
-                metrics = evaluate(model, val_loader, accelerator, extend_landmarks)
+                metrics = evaluate(model, val_loader, accelerator, extend_landmarks, definitions)
                 accelerator.log({"val/nme": metrics["nme"]}, step=step)
                 history.append({"step": step, "val_nme": metrics["nme"]})
                 logger.info("step %d: val NME %.4f on %d faces", step, metrics["nme"], metrics["n"])

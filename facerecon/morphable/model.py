@@ -175,6 +175,22 @@ class MorphableModel(nn.Module):
         offset = offset + torch.einsum("be,enc->bnc", expression, expr)
         return mean + offset
 
+    def shape_at(self, identity: torch.Tensor, expression: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Model-frame positions of the vertices ``index`` only (e.g. another landmark definition's), cheaply.
+
+        Args:
+            identity: (B, K) identity coefficients.
+            expression: (B, E) blendshape weights.
+            index: (M,) vertex indices.
+
+        Returns:
+            (B, M, 3) in mm, equal to ``shape(identity, expression)[:, index]``. Convention: model frame.
+        """
+        index = index.to(self.mean.device)
+        offset = torch.einsum("bk,knc->bnc", identity * self.identity_std, self.identity_basis.index_select(1, index))
+        offset = offset + torch.einsum("be,enc->bnc", expression, self.expression_basis.index_select(1, index))
+        return self.mean.index_select(0, index) + offset
+
     def landmarks(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) -> (B, 68, 3) landmark vertices."""
         return vertices.index_select(-2, self.landmark_index)
