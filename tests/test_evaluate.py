@@ -133,6 +133,11 @@ def test_model_card_from_results(tmp_path):
                                            jaw_turned_min_yaw=15.0, jaw_turned_weight=0.0)}, "cmd")
     assert "camera-facing side of turned 300-W training faces" in near and "tapering" not in near
     assert "Turned 300-W faces (|yaw| > 15 deg): the jaw points on the side turned away" in near
+    assert "Per-source" not in near
+    per = render_card(ev, {"config": dict(cfg, source_landmarks={"aflw": "training/assets/aflw-landmarks-v1.json"})},
+                      "cmd")
+    assert "Per-source landmark vertices: the annotations of aflw are compared with vertices fitted" in per
+    assert "`training/assets/aflw-landmarks-v1.json`" in per
     posed = render_card(ev, {"config": dict(cfg, loss={"yaw": 0.2, "pseudo_pose": 0.3})}, "cmd")
     assert "Pose pseudo-labels: the rotation of the rigid fit" in posed and "pseudo_pose 0.3" in posed
     assert "| **NME balanced (%)** | **4.00** |" in card

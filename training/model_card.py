@@ -169,6 +169,12 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            "pseudo-labels' 3D points (2D targets plus MediaPipe depth) supervises the predicted rotation (chordal "
            "distance); it carries the pitch that 2D landmarks leave loosely determined."]
           if cfg.get("loss", {}).get("pseudo_pose") else []),
+        *([f"- Per-source landmark vertices: the annotations of {', '.join(sorted(cfg['source_landmarks']))} are "
+           "compared with vertices fitted to that dataset's own annotations ("
+           + ", ".join(f"`{v}`" for _, v in sorted(cfg["source_landmarks"].items()))
+           + "; annotators of different datasets place some points differently), so the shape need not bend to a "
+           "compromise; the model's output landmarks keep the definition below."] if cfg.get("source_landmarks")
+          else []),
         f"- Landmark vertices: `{model_cfg.get('landmarks', 'ict')}` (`facerecon/assets/landmarks/`, chosen by "
         "`training.fit_landmarks` on the training split"
         + ("; the jaw contour sits where AFLW's ear-lobe labels put jaw points 2 / 14 on turned training faces, "
