@@ -233,7 +233,9 @@ def source_landmarks_2d(model: torch.nn.Module, out: FaceReconOutput, source: to
     Annotators of different datasets place some points differently (AFLW's nose wings, brows and mouth centre sit
     2-3 % of the face size away from 300-W's on the same faces), so one set of vertices cannot match both: the
     shape would bend to a compromise. A source listed in ``definitions`` is compared with its own vertices; the
-    model's output landmarks keep its configured definition.
+    model's output landmarks keep its configured definition. Every point of such a sample uses the source's
+    definition, also where a pseudo-label fills a hidden point, so a definition should differ from the model's only
+    at the points that source annotates (``fit_landmarks --sources aflw --keep-jaw`` moves no others).
 
     Args:
         model: the (unwrapped) FaceRecon (its morphable model and camera).
