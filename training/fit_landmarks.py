@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger("facerecon.fit_landmarks")
+from training.data import JAW_POINTS
 
-#: Number of jaw-contour points at the start of the iBUG 68 order.
-JAW_POINTS = 17
+logger = logging.getLogger("facerecon.fit_landmarks")
 
 
 def candidate_vertices(mean: torch.Tensor, landmark_index: torch.Tensor, radius: float) -> torch.Tensor:
@@ -191,7 +190,7 @@ def fit_landmarks(model: Any, radius: float = 20.0, max_yaw: float = 30.0, sourc
     cost = _costs(model, train, candidates, batch_size)
     chosen = choose_symmetric(cost.float(), candidates, morph.landmark_mirror, morph.vertex_mirror)
     if keep_jaw:
-        chosen = torch.cat([current[:JAW_POINTS], chosen[JAW_POINTS:]])
+        chosen = torch.cat([current[JAW_POINTS], chosen[JAW_POINTS.stop:]])
     val_cost = _costs(model, val, candidates, batch_size)
     moved = (morph.mean[chosen] - morph.mean[current]).norm(dim=-1)
     report = {
@@ -261,7 +260,7 @@ def ear_anchored_jaw(model: Any, radius: float = 45.0, min_yaw: float = 30.0, ma
         "method": "ear_anchored_jaw", "train_faces": len(train), "val_faces": len(val), "min_yaw_deg": min_yaw,
         "max_yaw_deg": max_yaw, "radius_mm": radius, "depth_shift_mm": dz,
         **_errors_before_after("ear", cost, val_cost, cand, current[ears], chosen_ears),
-        "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
+        "jaw_moved_mm": [round(float(v), 2) for v in moved[JAW_POINTS]],
     }
     return index, report
 
@@ -284,7 +283,7 @@ def near_side_mask(rotation: torch.Tensor, side: torch.Tensor, min_turn_deg: flo
 
 
 #: Jaw points fitted by :func:`near_side_jaw`: the contour without the chin.
-JAW_SIDE_POINTS = tuple(i for i in range(JAW_POINTS) if i != CHIN_POINT)
+JAW_SIDE_POINTS = tuple(i for i in range(JAW_POINTS.stop) if i != CHIN_POINT)
 
 
 def near_side_jaw(model: Any, radius: float = 30.0, min_yaw: float = 15.0, max_yaw: float = 60.0,
@@ -334,8 +333,8 @@ def near_side_jaw(model: Any, radius: float = 30.0, min_yaw: float = 15.0, max_y
         **_errors_before_after("jaw", cost, val_cost, cand, current[pts], chosen),
         "per_point_val_before": [round(float(v), 5) for v in _nme_of(val_cost, cand, current[pts])],
         "per_point_val_after": [round(float(v), 5) for v in _nme_of(val_cost, cand, chosen)],
-        "jaw_moved_mm": [round(float(v), 2) for v in moved[:17]],
-        "depth_shift_mm": [round(float(v), 2) for v in (morph.mean[index, 2] - morph.mean[current, 2])[:17]],
+        "jaw_moved_mm": [round(float(v), 2) for v in moved[JAW_POINTS]],
+        "depth_shift_mm": [round(float(v), 2) for v in (morph.mean[index, 2] - morph.mean[current, 2])[JAW_POINTS]],
     }
     return index, report
 
