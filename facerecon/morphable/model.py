@@ -164,16 +164,10 @@ class MorphableModel(nn.Module):
             (B, N, 3) vertices in mm, or (B, 68, 3) with ``landmarks_only``. Convention: model frame (+y up, +z
             towards the viewer).
         """
-        if identity.shape[-1] != self.n_identity or expression.shape[-1] != self.n_expression:
-            raise ValueError(f"expected identity (B, {self.n_identity}) and expression (B, {self.n_expression}), "
-                             f"got {tuple(identity.shape)} and {tuple(expression.shape)}")
         if landmarks_only:
-            mean, ident, expr = self.landmark_mean, self.landmark_identity_basis, self.landmark_expression_basis
-        else:
-            mean, ident, expr = self.mean, self.identity_basis, self.expression_basis
-        offset = torch.einsum("bk,knc->bnc", identity * self.identity_std, ident)
-        offset = offset + torch.einsum("be,enc->bnc", expression, expr)
-        return mean + offset
+            return self._combine(identity, expression, self.landmark_mean, self.landmark_identity_basis,
+                                 self.landmark_expression_basis)
+        return self._combine(identity, expression, self.mean, self.identity_basis, self.expression_basis)
 
     def shape_at(self, identity: torch.Tensor, expression: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Model-frame positions of the vertices ``index`` only (e.g. another landmark definition's), cheaply.
@@ -187,9 +181,18 @@ class MorphableModel(nn.Module):
             (B, M, 3) in mm, equal to ``shape(identity, expression)[:, index]``. Convention: model frame.
         """
         index = index.to(self.mean.device)
-        offset = torch.einsum("bk,knc->bnc", identity * self.identity_std, self.identity_basis.index_select(1, index))
-        offset = offset + torch.einsum("be,enc->bnc", expression, self.expression_basis.index_select(1, index))
-        return self.mean.index_select(0, index) + offset
+        return self._combine(identity, expression, self.mean.index_select(0, index),
+                             self.identity_basis.index_select(1, index), self.expression_basis.index_select(1, index))
+
+    def _combine(self, identity: torch.Tensor, expression: torch.Tensor, mean: torch.Tensor, ident: torch.Tensor,
+                 expr: torch.Tensor) -> torch.Tensor:
+        """``mean (M, 3) + identity_std * identity @ ident (K, M, 3) + expression @ expr (E, M, 3)``, checked."""
+        if identity.shape[-1] != self.n_identity or expression.shape[-1] != self.n_expression:
+            raise ValueError(f"expected identity (B, {self.n_identity}) and expression (B, {self.n_expression}), "
+                             f"got {tuple(identity.shape)} and {tuple(expression.shape)}")
+        offset = torch.einsum("bk,knc->bnc", identity * self.identity_std, ident)
+        offset = offset + torch.einsum("be,enc->bnc", expression, expr)
+        return mean + offset
 
     def landmarks(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) -> (B, 68, 3) landmark vertices."""
