@@ -199,8 +199,7 @@ def evaluate(model, loader: DataLoader, accelerator, extend,
     with torch.no_grad():
         for batch in loader:
             out = model(batch["image"], landmarks_only=True)
-            pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions) if definitions else \
-                out.landmarks_2d
+            pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions or {})
             # Only the 68 iBUG points count for NME (the virtual centres are training aids).
             w = batch["weights"].clone()
             w[:, 68:] = 0
@@ -317,9 +316,9 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 out = model(batch["image"], landmarks_only=not needs_mesh)
-                pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions) if definitions else None
-                loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks,
-                                         model=unwrapped, perceptual=perceptual, landmarks_2d=pred)
+                loss, parts = total_loss(out, batch, cfg.loss, size, extend_landmarks, model=unwrapped,
+                                         perceptual=perceptual,
+                                         landmarks_2d=source_landmarks_2d(unwrapped, out, batch["source"], definitions))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
