@@ -371,30 +371,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model = FaceRecon.from_pretrained(args.model).eval()
     m = model.morphable
-    if args.jaw_from_ears or args.jaw_near_side:
-        if args.jaw_from_ears:
-            index, report = ear_anchored_jaw(model, radius=args.radius,
-                                             min_yaw=30.0 if args.min_yaw is None else args.min_yaw,
-                                             max_yaw=90.0 if args.max_yaw is None else args.max_yaw, limit=args.limit)
-        else:
-            index, report = near_side_jaw(model, radius=args.radius,
-                                          min_yaw=15.0 if args.min_yaw is None else args.min_yaw,
-                                          max_yaw=60.0 if args.max_yaw is None else args.max_yaw,
-                                          min_turn_deg=args.min_turn, limit=args.limit)
-        report["fitted_with"] = str(args.model)
-        save_landmark_index(args.out, index, m.surface, m.faces, m.n_vertices, report)
-        print(json.dumps(report, indent=1))
-        return report
-    index, report = fit_landmarks(model, args.radius, 30.0 if args.max_yaw is None else args.max_yaw, args.sources,
-                                  limit=args.limit, keep_jaw=args.keep_jaw)
+    if args.jaw_from_ears:
+        index, report = ear_anchored_jaw(model, radius=args.radius,
+                                         min_yaw=30.0 if args.min_yaw is None else args.min_yaw,
+                                         max_yaw=90.0 if args.max_yaw is None else args.max_yaw, limit=args.limit)
+    elif args.jaw_near_side:
+        index, report = near_side_jaw(model, radius=args.radius,
+                                      min_yaw=15.0 if args.min_yaw is None else args.min_yaw,
+                                      max_yaw=60.0 if args.max_yaw is None else args.max_yaw,
+                                      min_turn_deg=args.min_turn, limit=args.limit)
+    else:
+        index, report = fit_landmarks(model, args.radius, 30.0 if args.max_yaw is None else args.max_yaw,
+                                      args.sources, limit=args.limit, keep_jaw=args.keep_jaw)
     report["fitted_with"] = str(args.model)
     save_landmark_index(args.out, index, m.surface, m.faces, m.n_vertices, report)
+    if args.jaw_from_ears or args.jaw_near_side:
+        print(json.dumps(report, indent=1))
+        return report
     logger.info("mean point error / face size: train %.4f -> %.4f, val %.4f -> %.4f; moved %.1f mm on average",
                 report["train_point_error_before"], report["train_point_error_after"],
                 report["val_point_error_before"], report["val_point_error_after"], report["moved_mm"]["mean"])
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("per_point")}, indent=1))
     return report
-
 
 if __name__ == "__main__":
     main()
