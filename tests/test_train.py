@@ -341,3 +341,33 @@ def test_train_with_source_landmarks(ict_dir, tmp_path):
     bad = dataclasses.replace(base, source_landmarks={"300w": "ict"})
     with pytest.raises(ValueError, match="fitted"):
         source_definitions(bad, FaceRecon(bad.model_config()))
+
+
+def test_own_validation_benchmark_matches_definitions(ict_dir, tmp_path):
+    """benchmarks/own_val.py: the model's own definition per source changes nothing, a shifted one does."""
+    import dataclasses
+    import importlib.util
+
+    from facerecon.models.facerecon import FaceRecon
+    from facerecon.morphable.landmarks import save_landmark_index
+
+    spec = importlib.util.spec_from_file_location("own_val", ROOT / "benchmarks" / "own_val.py")
+    own_val = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_val)
+    cfg = _tiny_cfg(tmp_path / "a")
+    torch.manual_seed(0)
+    model = FaceRecon(cfg.model_config()).eval()
+    m = model.morphable
+    own = save_landmark_index(tmp_path / "own.json", m.landmark_index, m.surface, m.faces, m.n_vertices)
+    other = save_landmark_index(tmp_path / "other.json", m.landmark_index.roll(1), m.surface, m.faces, m.n_vertices)
+    plain = own_val.own_validation(model, cfg)
+    assert set(plain) == {"model_definition"}
+    res = plain["model_definition"]
+    assert res["n"] == cfg.val_limit and res["nme/300w"] == pytest.approx(res["nme"]) and 0 < res["nme"] < 1
+    same = own_val.own_validation(model, dataclasses.replace(cfg, source_landmarks={"300w": str(own)}))
+    assert same["model_definition"]["nme"] == pytest.approx(res["nme"], rel=1e-6)
+    assert same["source_definitions"]["nme"] == pytest.approx(res["nme"], rel=1e-6)
+    moved = own_val.own_validation(model, dataclasses.replace(cfg, source_landmarks={"300w": str(other)}))
+    assert moved["source_definitions"]["nme"] > 1.2 * res["nme"]
+    flipped = own_val.own_validation(model, cfg, flip_test=True)["model_definition"]
+    assert flipped["nme"] != pytest.approx(res["nme"], rel=1e-6)

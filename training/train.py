@@ -185,29 +185,40 @@ def source_definitions(cfg: TrainConfig, model) -> dict[int, torch.Tensor]:
 
 
 def evaluate(model, loader: DataLoader, accelerator, extend,
-             definitions: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
+             definitions: dict[int, torch.Tensor] | None = None, flip_test: bool = False) -> dict[str, float]:
     """Validation NME (68-point layout restricted to the visible targets), gathered over processes.
 
     With ``definitions`` (:func:`source_definitions`) those sources' annotations are compared with their own
-    landmark vertices (:func:`training.losses.source_landmarks_2d`).
+    landmark vertices (:func:`training.losses.source_landmarks_2d`). ``flip_test`` averages each crop's prediction with
+    its mirror image's (:meth:`FaceRecon.forward`).
+
+    Returns:
+        ``{"nme": mean over faces, "n": faces, "nme/<source>": mean over that source's faces, ...}``.
     """
+    from training.data import SOURCE_IDS
     from training.losses import source_landmarks_2d
 
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
-    errs = []
+    errs, sources = [], []
     with torch.no_grad():
         for batch in loader:
-            out = model(batch["image"], landmarks_only=True)
+            out = model(batch["image"], landmarks_only=True, flip_test=flip_test)
             pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions or {})
             # Only the 68 iBUG points count for NME (the virtual centres are training aids).
             w = batch["weights"].clone()
             w[:, 68:] = 0
             e = nme(extend(pred.float()), batch["landmarks"], w)
             errs.append(accelerator.gather_for_metrics(e))
+            sources.append(accelerator.gather_for_metrics(batch["source"]))
     model.train()
     all_err = torch.cat(errs) if errs else torch.zeros(0)
-    return {"nme": float(all_err.mean()) if len(all_err) else float("nan"), "n": int(len(all_err))}
+    all_src = torch.cat(sources) if sources else torch.zeros(0, dtype=torch.long)
+    metrics = {"nme": float(all_err.mean()) if len(all_err) else float("nan"), "n": int(len(all_err))}
+    for name, sid in SOURCE_IDS.items():
+        if (all_src == sid).any():
+            metrics[f"nme/{name}"] = float(all_err[all_src == sid].mean())
+    return metrics
 
 
 def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = False) -> dict[str, Any]:
@@ -340,9 +351,10 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
             epoch_end = not cfg.val_every and batches == len(train_loader)
             if (cfg.val_every and step % cfg.val_every == 0) or epoch_end or step == cfg.max_steps:
                 metrics = evaluate(model, val_loader, accelerator, extend_landmarks, definitions)
-                accelerator.log({"val/nme": metrics["nme"]}, step=step)
+                accelerator.log({f"val/{k}": v for k, v in metrics.items() if k.startswith("nme")}, step=step)
                 history.append({"step": step, "val_nme": metrics["nme"]})
-                logger.info("step %d: val NME %.4f on %d faces", step, metrics["nme"], metrics["n"])
+                per_source = ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("nme/"))
+                logger.info("step %d: val NME %.4f on %d faces (%s)", step, metrics["nme"], metrics["n"], per_source)
                 if metrics["nme"] < best:
                     best, bad_evals = metrics["nme"], 0
                     _save_best(accelerator, model, out_dir / "best", cfg, step, metrics)

@@ -1,0 +1,90 @@
+"""The training-side validation NME of one or more models, measured exactly as ``training/train.py`` logs it.
+
+    python benchmarks/own_val.py --config training/configs/finetune_v13.yaml \
+        --model facerecon/pretrained/facerecon-default --model runs/v17/final [--flip-test] [--json OUT]
+
+This is the number default-model candidates are chosen by (the AFLW2000-3D dev split only validates): the 68-point
+NME on the manual labels of the deterministic 70/15/15 split's validation part (``training.train.build_datasets``
+with the config's sources and pseudo-label settings; pseudo-labels never enter validation), per face normalised by
+the visible labels' box. Each model sees crops at its own input size. The NME is given with the model's own
+landmark definition and, when the config sets ``source_landmarks``, with those per-source definitions too; per
+source as well. Cross-measures like "model A under config B's definitions" come from one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def own_validation(model: Any, config: Any, batch_size: int = 128,
+                   flip_test: bool = False) -> dict[str, dict[str, float]]:
+    """Validation metrics of ``model`` (:func:`training.train.evaluate`) with its definition and the config's.
+
+    Args:
+        model: a :class:`~facerecon.models.facerecon.FaceRecon` (set to eval mode here).
+        config: the :class:`~training.config.TrainConfig` whose split, sources and ``source_landmarks`` are used.
+        batch_size: validation batch size (no effect on the numbers).
+        flip_test: average each crop's prediction with its mirror image's.
+
+    Returns:
+        ``{"model_definition": metrics}`` plus ``"source_definitions"`` when the config sets ``source_landmarks``.
+    """
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from training.data import extend_landmarks
+    from training.train import build_datasets, evaluate, source_definitions
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    _, val = build_datasets(config, model.config.input_size)
+    loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=0)
+    model = model.to(accelerator.device)
+    loader = accelerator.prepare(loader)
+    results = {"model_definition": evaluate(model, loader, accelerator, extend_landmarks, flip_test=flip_test)}
+    if config.source_landmarks:
+        defs = {k: v.to(accelerator.device) for k, v in source_definitions(config, model).items()}
+        results["source_definitions"] = evaluate(model, loader, accelerator, extend_landmarks, defs,
+                                                 flip_test=flip_test)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from facerecon.models.facerecon import FaceRecon
+    from training.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="training config YAML whose validation split is measured")
+    p.add_argument("--model", action="append", required=True, help="model folder or Hub id (repeatable)")
+    p.add_argument("--flip-test", action="store_true", help="average each crop's prediction with its mirror image's")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config = load_config(args.config, [])
+    all_results = {}
+    for name in args.model:
+        model = FaceRecon.from_pretrained(name).eval()
+        res = own_validation(model, config, flip_test=args.flip_test)
+        all_results[name] = res
+        for kind, m in res.items():
+            per = " ".join(f"{k[4:]} {v:.5f}" for k, v in m.items() if k.startswith("nme/"))
+            sys.stdout.write(f"{name} [{kind}{', flip test' if args.flip_test else ''}]: val NME {m['nme']:.5f} "
+                             f"on {m['n']} faces ({per})\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": args.config, "flip_test": args.flip_test,
+                                               "models": all_results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
