@@ -11,6 +11,12 @@ from typing import Any
 
 from facerecon.config import FaceReconConfig
 
+#: Above this |estimated yaw| the 300-W jaw (visible outline) no longer matches the 3D contour well
+#: (``TrainConfig.jaw_turned_min_yaw``'s default; :func:`training.data.reweight_turned_jaw`).
+JAW_YAW_THRESHOLD_DEG = 30.0
+#: Default weight of those jaw points (``TrainConfig.jaw_turned_weight``).
+JAW_TURNED_WEIGHT = 0.5
+
 
 @dataclass
 class LossWeights:
@@ -91,9 +97,9 @@ class TrainConfig:
     pseudo_max_nme: float = 0.08
     pseudo_jaw_max_yaw: float | None = None
     pseudo_jaw_depth: bool = True
-    jaw_turned_weight: float = 0.5
+    jaw_turned_weight: float = JAW_TURNED_WEIGHT
     jaw_turned_side: str = "both"
-    jaw_turned_min_yaw: float = 30.0
+    jaw_turned_min_yaw: float = JAW_YAW_THRESHOLD_DEG
     source_landmarks: dict[str, str] = field(default_factory=dict)
     synthetic_pitch_std: float = 12.0
     batch_size: int = 64

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 
 from facerecon.geometry import box_from_points
 from facerecon.morphable.ict import MIRROR_68, cache_dir
+from training.config import JAW_TURNED_WEIGHT, JAW_YAW_THRESHOLD_DEG
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
@@ -146,9 +147,6 @@ AFLW_YAW_BINS: tuple[str, ...] = ("0-30", "30-60", "60-90", ">90")
 #: yaw (4,625 crops with both eye centres and the nose tip visible; the median offset per 5-degree yaw bin follows
 #: ``k tan(yaw)`` up to ~55 deg); the estimate then has r = 0.94 and a mean abs. error of 9 deg against the labels.
 YAW_NOSE_OFFSET_K = 1.15
-#: Above this |estimated yaw| the 300-W jaw (visible outline) no longer matches the 3D contour well.
-JAW_YAW_THRESHOLD_DEG = 30.0
-JAW_TURNED_WEIGHT = 0.5
 CANONICAL_CROP_SCALE = 1.6
 
 UTK_SIZE = 200

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from training.config import JAW_YAW_THRESHOLD_DEG
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
@@ -149,8 +151,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         f"- Data: {', '.join(cfg.get('sources', []))} (deterministic 70/15/15 split, duplicates grouped), "
         f"synthetic share {cfg.get('synthetic_fraction', 0)}; augmentation: rotation, translation, scale, flip with "
         "the landmark mirror map, colour jitter, blur, JPEG, synthetic occlusions (sunglasses, masks, hands).",
-        *([f"- Turned 300-W faces (|yaw| > {cfg.get('jaw_turned_min_yaw', 30.0):g} deg): the jaw points on the side "
-           f"turned away from the camera, which annotators put on the cheek outline, get weight "
+        *([f"- Turned 300-W faces (|yaw| > {cfg.get('jaw_turned_min_yaw', JAW_YAW_THRESHOLD_DEG):g} deg): the jaw "
+           "points on the side turned away from the camera, which annotators put on the cheek outline, get weight "
            f"{cfg.get('jaw_turned_weight')}; the camera-facing side, whose outline is the jaw contour, and the chin "
            "keep theirs."] if cfg.get("jaw_turned_side") == "far" else []),
         *([f"- Pseudo-labels: MediaPipe Face Landmarker points (`training/pseudo_label.py`, mapped to iBUG 68 by "
