@@ -57,6 +57,9 @@ class TrainConfig:
         source_landmarks: per-source landmark definitions ``{source: name or JSON path}`` that the 2D landmark loss
             and the validation NME compare that source's annotations with (annotation conventions differ between
             datasets; :func:`training.losses.source_landmarks_2d`); other sources use the model's ``landmarks``.
+        profiled: a ``training.profile_faces`` output folder (``"default"``: ``<facerecon cache>/profiled/300w``)
+            whose turned views of 300-W training faces join the training split (None: none); every one must come
+            from a face of this run's training split.
         synthetic_pitch_std: pitch spread of the synthetic faces (degrees).
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
         pseudo_sources: real sources whose missing targets are filled with MediaPipe pseudo-labels
@@ -101,6 +104,7 @@ class TrainConfig:
     jaw_turned_side: str = "both"
     jaw_turned_min_yaw: float = JAW_YAW_THRESHOLD_DEG
     source_landmarks: dict[str, str] = field(default_factory=dict)
+    profiled: str | None = None
     synthetic_pitch_std: float = 12.0
     batch_size: int = 64
     grad_accum: int = 1
@@ -157,6 +161,8 @@ class TrainConfig:
         if not set(self.source_landmarks) <= set(self.sources) - {"utkface"}:
             raise ValueError(f"source_landmarks keys {sorted(self.source_landmarks)} must be annotated sources among "
                              f"{self.sources} (utkface has no landmarks)")
+        if self.profiled is not None and "300w" not in self.sources:
+            raise ValueError(f"profiled faces are turned 300-W training faces: add 300w to sources {self.sources}")
         if not set(self.pseudo_sources) <= set(self.sources):
             raise ValueError(f"pseudo_sources {self.pseudo_sources} must be among sources {self.sources}")
         if not 0.0 < self.pseudo_weight <= 1.0:

@@ -177,6 +177,11 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            + "; annotators of different datasets place some points differently), so the shape need not bend to a "
            "compromise; the model's output landmarks keep the definition below."] if cfg.get("source_landmarks")
           else []),
+        *(["- Profiled faces: turned views of the near-frontal 300-W training faces (`training/profile_faces.py`, "
+           "in the manner of 300W-LP: the model's mesh gives each photo a depth map, the textured height field is "
+           "turned about the head's axis and re-rendered) join the training split; the manual labels turn with "
+           "the scene, so all 68 points, hidden ones included, have targets at large yaw, with a yaw label and "
+           "relative depths."] if cfg.get("profiled") else []),
         f"- Landmark vertices: `{model_cfg.get('landmarks', 'ict')}` (`facerecon/assets/landmarks/`, chosen by "
         "`training.fit_landmarks` on the training split"
         + ("; the jaw contour sits where AFLW's ear-lobe labels put jaw points 2 / 14 on turned training faces, "

@@ -97,6 +97,13 @@ def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
               for k, v in splits.items()}
     if cfg.pseudo_sources:
         splits["train"] = with_pseudo_labels(splits["train"], cfg)
+    if cfg.profiled:
+        from training.profile_faces import default_profiled_dir, load_profiled
+
+        folder = default_profiled_dir() if cfg.profiled == "default" else Path(cfg.profiled).expanduser()
+        profiled = load_profiled(folder, allowed_origins={r.key for r in splits["train"]})
+        logger.info("profiled faces: %d turned views from %s", len(profiled), folder)
+        splits["train"] = splits["train"] + profiled
     train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed)
     val_records = [r for r in splits["val"] if r.has_landmarks]
     if cfg.val_limit:
