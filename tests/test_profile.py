@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -113,3 +114,27 @@ def test_profile_records_round_trip_and_split_guard(tiny_model, tmp_path):
         pf.load_profiled(tmp_path / "missing")
     with pytest.raises(ValueError, match="300w"):
         TrainConfig(sources=["aflw"], profiled="default")
+
+
+def test_build_datasets_adds_profiled_training_faces_only(tiny_model, tmp_path):
+    from training.config import load_config
+    from training.data import make_splits
+    from training.train import build_datasets
+
+    try:
+        splits = make_splits(seed=0, sources=["300w"])
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    tiny = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml"
+    cfg = load_config(tiny, [f"output_dir={tmp_path / 'run'}"])
+    train_plain, _ = build_datasets(cfg, 64)
+    pf.profile_records(tiny_model, pf.source_records(splits["train"])[:2], tmp_path / "ok", views=1)
+    cfg.profiled = str(tmp_path / "ok")
+    train, _ = build_datasets(cfg, 64)
+    assert len(train) == len(train_plain) + 2
+    assert {r.stratum for r in train.records[-2:]} == {"profiled"}
+    assert train[len(train) - 1]["image"].shape == (3, 64, 64)
+    pf.profile_records(tiny_model, pf.source_records(splits["val"])[:1], tmp_path / "bad", views=1)
+    cfg.profiled = str(tmp_path / "bad")
+    with pytest.raises(ValueError, match="outside the training split"):
+        build_datasets(cfg, 64)
