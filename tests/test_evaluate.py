@@ -12,12 +12,15 @@ import pytest
 import torch
 
 from training.evaluate import (
+    REGIONS,
     angle_error,
     load_aflw2000,
     main,
+    markdown_table,
     nme_68,
     rotation_error_deg,
     signed_angle_difference,
+    similarity_aligned,
     ssim_map,
 )
 
@@ -61,6 +64,10 @@ def test_metric_helpers():
     assert nme_68(gt + [3.0, 4.0], gt) == pytest.approx(5.0 / 20.0)
     assert angle_error(179.0, -179.0) == pytest.approx(2.0)
     assert signed_angle_difference(179.0, -179.0) == pytest.approx(-2.0)
+    a = 0.4
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    assert np.allclose(similarity_aligned(1.7 * gt @ rot.T + [5.0, -2.0], gt), gt)
+    assert nme_68(similarity_aligned(gt[[1, 0, 3, 2]], gt), gt) > 0.1  # a mirror image is not a similarity
     assert signed_angle_difference(-179.0, 179.0) == pytest.approx(2.0)
     assert signed_angle_difference(10.0, 30.0) == pytest.approx(-20.0)
     assert np.allclose(signed_angle_difference(np.array([179.0, 10.0]), np.array([-179.0, 30.0])), [-2.0, -20.0])
@@ -95,6 +102,10 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0
     assert saved["timing"]["model_forward_ms"] > 0
     assert res["aflw2000"]["nme_all"] == pytest.approx(saved["aflw2000"]["nme_all"])
+    for p in saved["aflw2000"]["per_image"]:  # regions partition the 68 points; alignment only lowers the error
+        assert sum(len(REGIONS[r]) * v for r, v in p["regions"].items()) / 68 == pytest.approx(p["nme"])
+        assert p["nme_aligned"] <= p["nme"] + 1e-9
+    assert "NME jaw / brows / nose / eyes / mouth" in markdown_table(saved)
     flipped = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--flip-test",
                     "--skip", "detection", "ssim", "synthetic", "timing", "fairness"])
     assert flipped["flip_test"] and flipped["aflw2000"]["n_images"] == 8

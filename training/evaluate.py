@@ -117,6 +117,27 @@ def nme_68(pred: np.ndarray, gt: np.ndarray, points: tuple[int, ...] | None = No
     return float(np.linalg.norm(pred[idx] - gt[idx], axis=1).mean() / math.sqrt(max(w * h, 1e-6)))
 
 
+#: iBUG-68 regions for the per-region NME breakdown.
+REGIONS: dict[str, tuple[int, ...]] = {
+    "jaw": tuple(range(0, 17)), "brows": tuple(range(17, 27)), "nose": tuple(range(27, 36)),
+    "eyes": tuple(range(36, 48)), "mouth": tuple(range(48, 68)),
+}
+
+
+def similarity_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """``pred`` (N, 2) after the least-squares similarity (scale, rotation, translation) that best maps it onto ``gt``.
+
+    Diagnosis: the NME left after this alignment is the shape error; the rest is global placement (crop / pose).
+    """
+    mp, mg = pred.mean(0), gt.mean(0)
+    a, b = pred - mp, gt - mg
+    u, sv, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(u @ vt))
+    r = u @ np.diag([1.0, d]) @ vt
+    scale = (sv * np.array([1.0, d])).sum() / max(float((a**2).sum()), 1e-12)
+    return scale * a @ r + mg
+
+
 def box_contains_centre(boxes: list[Any], landmarks: np.ndarray) -> bool:
     """True when a detected box contains the centre of the landmarks' bounding box (a detection hit)."""
     cx, cy = 0.5 * (landmarks.min(0) + landmarks.max(0))
@@ -222,14 +243,19 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
             yaw, pitch, roll = euler[k]
             per_image.append({
                 "name": it.name, "bin": it.yaw_bin, "nme": nme_68(lmk[k], it.landmarks),
+                "nme_aligned": nme_68(similarity_aligned(lmk[k], it.landmarks), it.landmarks),
+                "regions": {r: nme_68(lmk[k], it.landmarks, idx) for r, idx in REGIONS.items()},
                 "yaw_err": angle_error(yaw, it.yaw), "pitch_err": angle_error(pitch, it.pitch),
                 "roll_err": angle_error(roll, it.roll), "rotation_err": geodesic[k],
                 "pose_valid": it.pose_valid, "ssim": ssim[k],
             })
     bins = {}
     for b, label in enumerate(YAW_BINS):
-        vals = [p["nme"] for p in per_image if p["bin"] == b]
-        bins[label] = {"nme": float(np.mean(vals)) if vals else float("nan"), "n": len(vals)}
+        faces = [p for p in per_image if p["bin"] == b]
+        bins[label] = {"nme": float(np.mean([p["nme"] for p in faces])) if faces else float("nan"), "n": len(faces)}
+        if faces:
+            bins[label]["nme_aligned"] = float(np.mean([p["nme_aligned"] for p in faces]))
+            bins[label]["regions"] = {r: float(np.mean([p["regions"][r] for p in faces])) for r in REGIONS}
     valid = [p for p in per_image if p["pose_valid"]]
     pose = _pose_summary(valid)
     pose_bins = {label: _pose_summary([p for p in valid if p["bin"] == b]) for b, label in enumerate(YAW_BINS)}
@@ -410,6 +436,14 @@ def markdown_table(results: dict[str, Any]) -> str:
         ("Pose MAE mean (deg)", f"{pose['mean']:.2f} (n={pose['n']})"),
         ("Rotation error, geodesic (deg)", f"{pose['geodesic']:.2f}"),
     ]
+    for label, nb in b.items():
+        if "regions" in nb:
+            rows.append((f"NME jaw / brows / nose / eyes / mouth, yaw {label} (%)",
+                         " / ".join(f"{100 * nb['regions'][r]:.2f}" for r in REGIONS)))
+    if any("nme_aligned" in nb for nb in b.values()):
+        rows.append(("NME after per-face similarity alignment, per bin (%, diagnosis)",
+                     " / ".join(f"{100 * nb['nme_aligned']:.2f}" if "nme_aligned" in nb else "n/a"
+                                for nb in b.values())))
     for label, pb in results["aflw2000"].get("pose_bins", {}).items():
         rows.append((f"Pose MAE y / p / r, geodesic, yaw {label} (deg)",
                      f"{pb['yaw']:.2f} / {pb['pitch']:.2f} / {pb['roll']:.2f}, {pb['geodesic']:.2f} (n={pb['n']})"))
