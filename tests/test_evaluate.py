@@ -20,6 +20,7 @@ from training.evaluate import (
     nme_68,
     rotation_error_deg,
     signed_angle_difference,
+    signed_offsets,
     similarity_aligned,
     ssim_map,
 )
@@ -68,6 +69,16 @@ def test_metric_helpers():
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     assert np.allclose(similarity_aligned(1.7 * gt @ rot.T + [5.0, -2.0], gt), gt)
     assert nme_68(similarity_aligned(gt[[1, 0, 3, 2]], gt), gt) > 0.1  # a mirror image is not a similarity
+    from facerecon.morphable.ict import MIRROR_68
+
+    g68 = np.random.default_rng(0).normal(size=(68, 2)) * 10.0
+    shift = np.zeros((68, 2))
+    shift[0] = [2.0, 1.0]  # point 0 moved right / down
+    size = math.sqrt(float(np.prod(g68.max(0) - g68.min(0))))
+    assert np.allclose(signed_offsets(g68 + shift, g68, 10.0), shift / size)
+    mirrored = signed_offsets(g68 + shift, g68, -10.0)  # yaw < 0: point 0 becomes its partner, x flipped
+    assert np.allclose(mirrored[MIRROR_68[0]], [-2.0 / size, 1.0 / size]) and np.abs(mirrored).sum() == pytest.approx(
+        3.0 / size)
     assert signed_angle_difference(-179.0, 179.0) == pytest.approx(2.0)
     assert signed_angle_difference(10.0, 30.0) == pytest.approx(-20.0)
     assert np.allclose(signed_angle_difference(np.array([179.0, 10.0]), np.array([-179.0, 30.0])), [-2.0, -20.0])
@@ -106,6 +117,8 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
         assert sum(len(REGIONS[r]) * v for r, v in p["regions"].items()) / 68 == pytest.approx(p["nme"])
         assert p["nme_aligned"] <= p["nme"] + 1e-9
     assert "NME jaw / brows / nose / eyes / mouth" in markdown_table(saved)
+    offsets = [np.array(b["mean_offsets"]) for b in bins.values() if b["n"]]
+    assert all(o.shape == (68, 2) and np.isfinite(o).all() for o in offsets)
     flipped = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--flip-test",
                     "--skip", "detection", "ssim", "synthetic", "timing", "fairness"])
     assert flipped["flip_test"] and flipped["aflw2000"]["n_images"] == 8

@@ -138,6 +138,21 @@ def similarity_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return scale * a @ r + mg
 
 
+def signed_offsets(pred: np.ndarray, gt: np.ndarray, yaw_deg: float) -> np.ndarray:
+    """(68, 2) offsets ``pred - gt`` / sqrt(w * h) in a yaw-positive frame (faces with yaw < 0 mirrored).
+
+    Mirroring flips x and swaps each point with its mirror partner, so averaging over faces shows systematic
+    (convention) differences per point, e.g. the far-side jaw of turned faces.
+    """
+    from facerecon.morphable.ict import MIRROR_68
+
+    w, h = gt.max(0) - gt.min(0)
+    d = (pred - gt) / math.sqrt(max(w * h, 1e-6))
+    if yaw_deg < 0:
+        d = d[list(MIRROR_68)] * np.array([-1.0, 1.0])
+    return d
+
+
 def box_contains_centre(boxes: list[Any], landmarks: np.ndarray) -> bool:
     """True when a detected box contains the centre of the landmarks' bounding box (a detection hit)."""
     cx, cy = 0.5 * (landmarks.min(0) + landmarks.max(0))
@@ -245,6 +260,7 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
                 "name": it.name, "bin": it.yaw_bin, "nme": nme_68(lmk[k], it.landmarks),
                 "nme_aligned": nme_68(similarity_aligned(lmk[k], it.landmarks), it.landmarks),
                 "regions": {r: nme_68(lmk[k], it.landmarks, idx) for r, idx in REGIONS.items()},
+                "offsets": signed_offsets(lmk[k], it.landmarks, it.yaw),
                 "yaw_err": angle_error(yaw, it.yaw), "pitch_err": angle_error(pitch, it.pitch),
                 "roll_err": angle_error(roll, it.roll), "rotation_err": geodesic[k],
                 "pose_valid": it.pose_valid, "ssim": ssim[k],
@@ -256,6 +272,9 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         if faces:
             bins[label]["nme_aligned"] = float(np.mean([p["nme_aligned"] for p in faces]))
             bins[label]["regions"] = {r: float(np.mean([p["regions"][r] for p in faces])) for r in REGIONS}
+            bins[label]["mean_offsets"] = np.round(np.mean([p["offsets"] for p in faces], 0), 5).tolist()
+    for p in per_image:
+        del p["offsets"]
     valid = [p for p in per_image if p["pose_valid"]]
     pose = _pose_summary(valid)
     pose_bins = {label: _pose_summary([p for p in valid if p["bin"] == b]) for b, label in enumerate(YAW_BINS)}
