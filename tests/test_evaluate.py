@@ -13,6 +13,7 @@ import torch
 
 from training.evaluate import (
     REGIONS,
+    SUBJECT_RIGHT,
     angle_error,
     load_aflw2000,
     main,
@@ -76,6 +77,8 @@ def test_metric_helpers():
     shift[0] = [2.0, 1.0]  # point 0 moved right / down
     size = math.sqrt(float(np.prod(g68.max(0) - g68.min(0))))
     assert np.allclose(signed_offsets(g68 + shift, g68, 10.0), shift / size)
+    assert len(SUBJECT_RIGHT) == len(set(SUBJECT_RIGHT)) == 29
+    assert not set(SUBJECT_RIGHT) & {MIRROR_68[i] for i in SUBJECT_RIGHT}  # the two halves are disjoint
     mirrored = signed_offsets(g68 + shift, g68, -10.0)  # yaw < 0: point 0 becomes its partner, x flipped
     assert np.allclose(mirrored[MIRROR_68[0]], [-2.0 / size, 1.0 / size]) and np.abs(mirrored).sum() == pytest.approx(
         3.0 / size)
@@ -116,6 +119,7 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     for p in saved["aflw2000"]["per_image"]:  # regions partition the 68 points; alignment only lowers the error
         assert sum(len(REGIONS[r]) * v for r, v in p["regions"].items()) / 68 == pytest.approx(p["nme"])
         assert p["nme_aligned"] <= p["nme"] + 1e-9
+        assert 0 < p["nme_far_side"] and 0 < p["nme_near_side"]
     assert "NME jaw / brows / nose / eyes / mouth" in markdown_table(saved)
     offsets = [np.array(b["mean_offsets"]) for b in bins.values() if b["n"]]
     assert all(o.shape == (68, 2) and np.isfinite(o).all() for o in offsets)

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from facerecon.morphable.ict import MIRROR_68
+
 logger = logging.getLogger("facerecon.evaluate")
 
 YAW_BINS = ("[0, 30]", "(30, 60]", "(60, 90]")
@@ -124,6 +126,11 @@ REGIONS: dict[str, tuple[int, ...]] = {
 }
 
 
+#: Points on the subject's right half (iBUG 68; the mirror partners are the left half, the rest the midline). For a
+#: face with yaw > 0 (turned towards the image left) this half faces away from the camera.
+SUBJECT_RIGHT: tuple[int, ...] = (*range(0, 8), *range(17, 22), *range(36, 42), 31, 32, 48, 49, 50, 58, 59, 60, 61, 67)
+
+
 def similarity_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """``pred`` (N, 2) after the least-squares similarity (scale, rotation, translation) that best maps it onto ``gt``.
 
@@ -144,8 +151,6 @@ def signed_offsets(pred: np.ndarray, gt: np.ndarray, yaw_deg: float) -> np.ndarr
     Mirroring flips x and swaps each point with its mirror partner, so averaging over faces shows systematic
     (convention) differences per point, e.g. the far-side jaw of turned faces.
     """
-    from facerecon.morphable.ict import MIRROR_68
-
     w, h = gt.max(0) - gt.min(0)
     d = (pred - gt) / math.sqrt(max(w * h, 1e-6))
     if yaw_deg < 0:
@@ -256,11 +261,14 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         geodesic = rotation_error_deg(torch.from_numpy(euler).double(), gt).tolist()
         for k, it in enumerate(chunk):
             yaw, pitch, roll = euler[k]
+            off = signed_offsets(lmk[k], it.landmarks, it.yaw)
             per_image.append({
                 "name": it.name, "bin": it.yaw_bin, "nme": nme_68(lmk[k], it.landmarks),
                 "nme_aligned": nme_68(similarity_aligned(lmk[k], it.landmarks), it.landmarks),
                 "regions": {r: nme_68(lmk[k], it.landmarks, idx) for r, idx in REGIONS.items()},
-                "offsets": signed_offsets(lmk[k], it.landmarks, it.yaw),
+                "offsets": off,
+                "nme_far_side": float(np.linalg.norm(off[list(SUBJECT_RIGHT)], axis=1).mean()),
+                "nme_near_side": float(np.linalg.norm(off[[MIRROR_68[i] for i in SUBJECT_RIGHT]], axis=1).mean()),
                 "yaw_err": angle_error(yaw, it.yaw), "pitch_err": angle_error(pitch, it.pitch),
                 "roll_err": angle_error(roll, it.roll), "rotation_err": geodesic[k],
                 "pose_valid": it.pose_valid, "ssim": ssim[k],
@@ -270,7 +278,8 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         faces = [p for p in per_image if p["bin"] == b]
         bins[label] = {"nme": float(np.mean([p["nme"] for p in faces])) if faces else float("nan"), "n": len(faces)}
         if faces:
-            bins[label]["nme_aligned"] = float(np.mean([p["nme_aligned"] for p in faces]))
+            for key in ("nme_aligned", "nme_far_side", "nme_near_side"):
+                bins[label][key] = float(np.mean([p[key] for p in faces]))
             bins[label]["regions"] = {r: float(np.mean([p["regions"][r] for p in faces])) for r in REGIONS}
             bins[label]["mean_offsets"] = np.round(np.mean([p["offsets"] for p in faces], 0), 5).tolist()
     for p in per_image:
@@ -459,6 +468,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         if "regions" in nb:
             rows.append((f"NME jaw / brows / nose / eyes / mouth, yaw {label} (%)",
                          " / ".join(f"{100 * nb['regions'][r]:.2f}" for r in REGIONS)))
+    if any("nme_far_side" in nb for nb in b.values()):
+        rows.append(("NME far / near half of the face, per bin (%)",
+                     " / ".join(f"{100 * nb['nme_far_side']:.2f}, {100 * nb['nme_near_side']:.2f}"
+                                if "nme_far_side" in nb else "n/a" for nb in b.values())))
     if any("nme_aligned" in nb for nb in b.values()):
         rows.append(("NME after per-face similarity alignment, per bin (%, diagnosis)",
                      " / ".join(f"{100 * nb['nme_aligned']:.2f}" if "nme_aligned" in nb else "n/a"
