@@ -135,7 +135,7 @@ def turn_scene(image: np.ndarray, depth: np.ndarray, points: np.ndarray, rotatio
 
 
 def face_geometry(model: Any, images: Sequence[np.ndarray], boxes: np.ndarray) -> dict[str, torch.Tensor]:
-    """The model's reconstruction of each face in image pixels (x, y, depth), plus what turning a view needs.
+    """The model's reconstruction (flip test) of each face in image pixels (x, y, depth), and its head pose.
 
     Args:
         model: a :class:`~facerecon.models.facerecon.FaceRecon`.
@@ -200,12 +200,14 @@ def profile_face(model_faces: torch.Tensor, image: np.ndarray, labels68: np.ndar
     outline = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     back = float(np.median(face_depth[outline])) if outline.any() else float(centre[2])
     depth = complete_depth(face_depth, mask, back_depth=back, falloff=max(0.5 * width, 4.0))
-    # The turn's sign: turn the view frame about +y by the angle whose sign makes the yaw label grow by yaw_deg.
+    # Turning the scene by rc about the model origin turns the head rotation to F rc F R (F = diag(1, -1, -1), the
+    # view <-> camera axis flip). Of the two signs, take the one that moves the yaw label by +yaw_deg (the Euler
+    # yaw is not additive once the head is pitched or rolled, so this is checked, not assumed).
     rot_view = geometry["rotation"][index].double()
+    f = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
     best = None
     for sign in (1.0, -1.0):
         rc = yaw_rotation_camera(sign * math.radians(yaw_deg))
-        f = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
         turned_rot = f @ rc @ f @ rot_view
         dyaw = float(matrix_to_euler(turned_rot[None])[0, 0] - matrix_to_euler(rot_view[None])[0, 0])
         err = abs((math.degrees(dyaw) - yaw_deg + 180.0) % 360.0 - 180.0)
