@@ -147,6 +147,7 @@ def face_geometry(model: Any, images: Sequence[np.ndarray], boxes: np.ndarray) -
         model frame's origin (the head's rotation centre) there, ``rotation`` (B, 3, 3) the head rotation
         (model -> view frame).
     """
+    from facerecon.geometry import crop_to_image
     from facerecon.inference.crop import crop_face
 
     size = model.config.input_size
@@ -155,14 +156,12 @@ def face_geometry(model: Any, images: Sequence[np.ndarray], boxes: np.ndarray) -
     with torch.inference_mode():
         out = model(x, flip_test=True)
     box = torch.from_numpy(np.asarray(boxes, dtype=np.float64)).float()
-    k = ((box[:, 2] - box[:, 0]) / size)[:, None, None]  # image pixels per crop pixel (square boxes)
-    origin = box[:, None, :2]
-    pp = model.principal_point(len(boxes), x)[:, None, :]
-    s = out.params.scale[:, None, None]
+    # Depth in image pixels: mm -> crop pixels (the weak-perspective scale) -> image pixels (square boxes).
+    depth_scale = (out.params.scale * (box[:, 2] - box[:, 0]) / size)[:, None, None]
 
     def to_image(p: torch.Tensor) -> torch.Tensor:
-        uv = s * p[..., :2] + pp
-        return torch.cat([(uv + 0.5) * k + origin, s * k * p[..., 2:]], -1)
+        xy = crop_to_image(model.project(p, out.params.scale), box, size)
+        return torch.cat([xy, depth_scale * p[..., 2:]], -1)
 
     return {"vertices": to_image(out.vertices), "landmarks": to_image(out.landmarks_3d),
             "centre": to_image(out.params.translation[:, None, :])[:, 0], "rotation": out.params.rotation}
