@@ -58,6 +58,7 @@ def own_validation(model: Any, config: Any, batch_size: int = 128,
 def main(argv: list[str] | None = None) -> int:
     from facerecon.models.facerecon import FaceRecon
     from training.config import load_config
+    from training.train import format_validation
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training config YAML whose validation split is measured")
@@ -77,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         res = own_validation(model, config, flip_test=args.flip_test)
         all_results[name] = res
         for kind, m in res.items():
-            per = " ".join(f"{k[4:]} {v:.5f}" for k, v in m.items() if k.startswith("nme/"))
-            sys.stdout.write(f"{name} [{kind}{', flip test' if args.flip_test else ''}]: val NME {m['nme']:.5f} "
-                             f"on {m['n']} faces ({per})\n")
+            sys.stdout.write(f"{name} [{kind}{', flip test' if args.flip_test else ''}]: "
+                             f"{format_validation(m, digits=5)}\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "flip_test": args.flip_test,
                                                "models": all_results}, indent=2))

@@ -53,7 +53,7 @@ def test_turn_scene_identity_and_a_flat_plane():
 
 def _record(tmp_path, model):
     """A 300-W-style record whose labels are the model's own landmarks (in its box) on a smooth random photo."""
-    from training.data import FaceSample, _extend_np
+    from training.data import FaceSample, extend_landmarks_np
 
     rng = np.random.default_rng(1)
     img = cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), (0, 0), 2.0)
@@ -63,7 +63,7 @@ def _record(tmp_path, model):
     box0 = np.array([16.0, 16.0, 80.0, 80.0])
     labels = pf.face_geometry(model, [img], box0[None])["landmarks"][0, :, :2].double().numpy()
     rec = FaceSample(source="300w", name="face.jpg", image_path=path, box=box0,
-                     landmarks=_extend_np(labels).astype(np.float32), weights=np.ones(71, np.float32),
+                     landmarks=extend_landmarks_np(labels).astype(np.float32), weights=np.ones(71, np.float32),
                      yaw_estimate=0.0, group="300w/face")
     return img, rec
 

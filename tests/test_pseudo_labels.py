@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.data import N_LANDMARKS, FaceSample, _extend_np, add_pseudo_labels, load_pseudo_labels
+from training.data import N_LANDMARKS, FaceSample, add_pseudo_labels, extend_landmarks_np, load_pseudo_labels
 from training.pseudo_map import DEFAULT_MAP, apply_map, fit_map, fixed_map, load_map, map_matrix, point_errors
 
 
@@ -25,7 +25,7 @@ def _face(rng: np.random.Generator, n: int = 1) -> np.ndarray:
 
 def _record(name: str, lmk68: np.ndarray, weights: np.ndarray) -> FaceSample:
     return FaceSample(source="aflw", name=name, image_path=Path(name), box=np.array([0.0, 0.0, 200.0, 200.0]),
-                      landmarks=_extend_np(lmk68).astype(np.float32), weights=weights.astype(np.float32))
+                      landmarks=extend_landmarks_np(lmk68).astype(np.float32), weights=weights.astype(np.float32))
 
 
 def test_add_pseudo_labels_fills_only_missing_targets_of_agreeing_faces():
@@ -47,7 +47,7 @@ def test_add_pseudo_labels_fills_only_missing_targets_of_agreeing_faces():
     r0 = out[0]
     np.testing.assert_allclose(r0.weights[filled], 0.25)
     np.testing.assert_array_equal(r0.weights[~filled], w[~filled])  # manual weights untouched
-    np.testing.assert_allclose(r0.landmarks[filled], _extend_np(pseudo[0])[filled], atol=1e-4)
+    np.testing.assert_allclose(r0.landmarks[filled], extend_landmarks_np(pseudo[0])[filled], atol=1e-4)
     np.testing.assert_array_equal(r0.landmarks[~filled], recs[0].landmarks[~filled])  # manual points kept
     assert out[1] is recs[1] and out[2] is recs[2]  # rejected / not found: unchanged
     assert recs[0].weights[filled].max() == 0  # inputs are not modified
@@ -58,7 +58,7 @@ def test_add_pseudo_labels_gate_scales_with_face_size():
     truth = _face(rng, 1)
     w = np.ones(N_LANDMARKS)
     w[:17] = 0.0
-    size = math.sqrt(np.prod(np.ptp(_extend_np(truth[0])[w > 0], axis=0)))
+    size = math.sqrt(np.prod(np.ptp(extend_landmarks_np(truth[0])[w > 0], axis=0)))
     labels = {"names": np.array(["f0.jpg"]), "found": np.array([True])}
     for offset, accepted in ((0.07, 1), (0.09, 0)):  # a uniform shift of offset x face size
         labels["landmarks"] = (truth + np.array([offset * size, 0.0])).astype(np.float32)

@@ -371,3 +371,43 @@ def test_own_validation_benchmark_matches_definitions(ict_dir, tmp_path):
     assert moved["source_definitions"]["nme"] > 1.2 * res["nme"]
     flipped = own_val.own_validation(model, cfg, flip_test=True)["model_definition"]
     assert flipped["nme"] != pytest.approx(res["nme"], rel=1e-6)
+
+
+def test_validation_yaw_mae_against_clamped_labels(fixed_batch, tiny_model):
+    """train.evaluate: yaw MAE over the labelled faces only, labels clamped to +-89 deg, NME unchanged by it."""
+    from accelerate import Accelerator
+
+    from facerecon.geometry import matrix_to_euler
+    from training.data import extend_landmarks
+    from training.train import evaluate
+
+    batch = dict(fixed_batch)
+    size = tiny_model.config.input_size
+    batch["image"] = torch.nn.functional.interpolate(batch["image"], size=(size, size), mode="bilinear")
+    batch["landmarks"] = batch["landmarks"] * (size / fixed_batch["image"].shape[-1])
+    labels = torch.tensor([10.0, float("nan"), -120.0, 45.0, float("nan"), 0.0, 95.0, -30.0], dtype=torch.float64)
+    batch["yaw"] = labels
+    with torch.no_grad():
+        yaw = torch.rad2deg(matrix_to_euler(tiny_model(batch["image"], landmarks_only=True).params.rotation)[:, 0])
+    accelerator = Accelerator(cpu=True)
+    res = evaluate(tiny_model, [batch], accelerator, extend_landmarks)
+    tiny_model.eval()  # evaluate() hands the model back in training mode
+    known = torch.isfinite(labels)
+    expected = (yaw[known].double() - labels[known].clamp(-89, 89)).abs().mean()
+    assert res["n_yaw"] == 6 and res["yaw_mae"] == pytest.approx(float(expected), rel=1e-5)
+    tiny_model.eval()
+    without = evaluate(tiny_model, [{k: v for k, v in batch.items() if k != "yaw"}], accelerator, extend_landmarks)
+    unlabelled = evaluate(tiny_model, [dict(batch, yaw=torch.full((8,), float("nan")))], accelerator, extend_landmarks)
+    tiny_model.eval()
+    assert "yaw_mae" not in without and without["nme"] == pytest.approx(res["nme"], rel=1e-6)
+    assert "yaw_mae" not in unlabelled
+
+
+def test_format_validation_line():
+    from training.train import format_validation
+
+    m = {"nme": 0.05986, "n": 1732, "nme/300w": 0.03897, "nme/aflw": 0.06306}
+    assert format_validation(m) == "val NME 0.0599 on 1732 faces (300w 0.0390, aflw 0.0631)"
+    m.update(yaw_mae=7.974, n_yaw=1502)
+    assert format_validation(m, digits=5) == ("val NME 0.05986 on 1732 faces (300w 0.03897, aflw 0.06306), "
+                                              "yaw MAE 7.97 deg on 1502 labelled faces")

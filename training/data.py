@@ -71,6 +71,7 @@ __all__ = [
     "default_pseudo_label_path",
     "estimate_yaw_300w",
     "extend_landmarks",
+    "extend_landmarks_np",
     "format_split_sizes",
     "load_300w",
     "load_aflw",
@@ -78,6 +79,7 @@ __all__ = [
     "load_records",
     "load_utkface",
     "make_splits",
+    "pose_bin_label",
     "read_rgb",
     "split_sizes",
 ]
@@ -185,7 +187,7 @@ def extend_landmarks(lmk68: torch.Tensor) -> torch.Tensor:
     return torch.cat([lmk68, extra], dim=-2)
 
 
-def _extend_np(lmk68: np.ndarray) -> np.ndarray:
+def extend_landmarks_np(lmk68: np.ndarray) -> np.ndarray:
     """Numpy version of :func:`extend_landmarks` for (..., 68, 2) arrays."""
     extra = np.stack([lmk68[..., 36:42, :].mean(-2), lmk68[..., 42:48, :].mean(-2), lmk68[..., 60:68, :].mean(-2)], -2)
     return np.concatenate([lmk68, extra], axis=-2)
@@ -213,7 +215,7 @@ def estimate_yaw_300w(lmk68: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan((1.0 - 2.0 * r) / YAW_NOSE_OFFSET_K))
 
 
-def _yaw_bin(yaw: float) -> str:
+def pose_bin_label(yaw: float) -> str:
     """AFLW-style bin of |yaw| in degrees ("unknown" for NaN)."""
     if not math.isfinite(yaw):
         return "unknown"
@@ -322,7 +324,7 @@ def load_300w(root: str | os.PathLike | None = None) -> list[FaceSample]:
     with np.load(folder / "landmarks.npz") as d:
         names, subsets, src_files = d["names"], d["subset"], d["src_file"]
         pts = d["pts68"].astype(np.float64) - 1.0  # 1-based -> 0-based pixel centres
-    ext = _extend_np(pts).astype(np.float32)
+    ext = extend_landmarks_np(pts).astype(np.float32)
     yaw_est = estimate_yaw_300w(pts)
     boxes = box_from_points(torch.from_numpy(pts), CANONICAL_CROP_SCALE).numpy()
     out = []
@@ -332,7 +334,7 @@ def load_300w(root: str | os.PathLike | None = None) -> list[FaceSample]:
             w[:17] = JAW_TURNED_WEIGHT
         out.append(FaceSample(
             source="300w", name=str(name), image_path=folder / "images" / str(name), box=boxes[i], landmarks=ext[i],
-            weights=w, yaw_estimate=float(yaw_est[i]), pose_bin=_yaw_bin(float(yaw_est[i])),
+            weights=w, yaw_estimate=float(yaw_est[i]), pose_bin=pose_bin_label(float(yaw_est[i])),
             stratum=str(subsets[i]), group=f"300w/{_photo_stem(str(src_files[i]))}", meta={"subset": str(subsets[i])},
         ))
     return out
@@ -466,7 +468,7 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
             out.append(r)
             continue
         stats.labelled += 1
-        ext = _extend_np(pts[i])
+        ext = extend_landmarks_np(pts[i])
         trusted = r.weights >= 1.0  # down-weighted targets (AFLW ear lobes, turned 300-W jaws) do not judge
         if trusted.sum() < min_shared:
             out.append(r)
@@ -487,7 +489,7 @@ def add_pseudo_labels(records: Sequence[FaceSample], labels: str | os.PathLike |
         w[fill] = weight
         depth = None
         if depth_all is not None and np.isfinite(depth_all[i]).all():
-            depth = _extend_np(depth_all[i][:, None])[:, 0].astype(np.float32)
+            depth = extend_landmarks_np(depth_all[i][:, None])[:, 0].astype(np.float32)
             if not jaw_depth:
                 depth[JAW_POINTS] = np.nan
         stats.accepted += 1

@@ -295,7 +295,7 @@ def load_profiled(path: str | Path, allowed_origins: set[str] | None = None) -> 
         ValueError: a record comes from a face outside ``allowed_origins`` (e.g. a validation face).
     """
     from facerecon.geometry import box_from_points
-    from training.data import CANONICAL_CROP_SCALE, FaceSample, _extend_np, _yaw_bin
+    from training.data import CANONICAL_CROP_SCALE, FaceSample, extend_landmarks_np, pose_bin_label
 
     path = Path(path)
     npz = path / "profiled.npz" if path.is_dir() else path
@@ -311,8 +311,8 @@ def load_profiled(path: str | Path, allowed_origins: set[str] | None = None) -> 
             raise ValueError(f"{npz}: {len(bad)} profiled faces come from faces outside the training split, e.g. "
                              f"{bad[:3]}; regenerate them from this split")
     lmk = data["landmarks"].astype(np.float64)
-    ext = _extend_np(lmk).astype(np.float32)
-    depth = _extend_np(data["depth"][..., None].astype(np.float64))[..., 0].astype(np.float32)
+    ext = extend_landmarks_np(lmk).astype(np.float32)
+    depth = extend_landmarks_np(data["depth"][..., None].astype(np.float64))[..., 0].astype(np.float32)
     boxes = box_from_points(torch.from_numpy(lmk), CANONICAL_CROP_SCALE).numpy()
     folder = npz.parent / "images"
     out = []
@@ -320,7 +320,7 @@ def load_profiled(path: str | Path, allowed_origins: set[str] | None = None) -> 
         yaw = float(data["yaw"][i])
         out.append(FaceSample(
             source="300w", name=f"profiled/{name}", image_path=folder / str(name), box=boxes[i], landmarks=ext[i],
-            weights=np.ones(ext.shape[1], dtype=np.float32), yaw=yaw, pose_bin=_yaw_bin(yaw), stratum="profiled",
+            weights=np.ones(ext.shape[1], dtype=np.float32), yaw=yaw, pose_bin=pose_bin_label(yaw), stratum="profiled",
             group=str(data["group"][i]), meta={"origin": str(data["origin"][i]), "turn": float(data["turn"][i])},
             depth=depth[i],
         ))
