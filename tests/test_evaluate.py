@@ -15,11 +15,13 @@ from training.evaluate import (
     REGIONS,
     SUBJECT_RIGHT,
     angle_error,
+    evaluate_aflw2000,
     load_aflw2000,
     main,
     markdown_table,
     nme_68,
     rotation_error_deg,
+    scale_shift_aligned,
     signed_angle_difference,
     signed_offsets,
     similarity_aligned,
@@ -70,6 +72,8 @@ def test_metric_helpers():
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     assert np.allclose(similarity_aligned(1.7 * gt @ rot.T + [5.0, -2.0], gt), gt)
     assert nme_68(similarity_aligned(gt[[1, 0, 3, 2]], gt), gt) > 0.1  # a mirror image is not a similarity
+    assert np.allclose(scale_shift_aligned(1.7 * gt + [5.0, -2.0], gt), gt)
+    assert nme_68(scale_shift_aligned(1.7 * gt @ rot.T + [5.0, -2.0], gt), gt) > 0.05  # it does not undo a rotation
     from facerecon.morphable.ict import MIRROR_68
 
     g68 = np.random.default_rng(0).normal(size=(68, 2)) * 10.0
@@ -205,3 +209,37 @@ def test_fairness_slice_per_group(tiny_model, astronaut, tmp_path):
     assert all(p["nme"] == pytest.approx(white[0]) for p in fair["per_face"]) and fair["race_nme_gap"] < 1e-9
     assert 0 < white[0] < 1 and math.isnan(fair["all"]["detection_rate"])
     assert "| race: white | 2 |" in fairness_table(fair)
+
+
+class _ConstantFeatures(torch.nn.Module):
+    """Backbone stand-in whose features do not depend on the image (so the regressed parameters are constant)."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x):
+        if isinstance(self.features, (list, tuple)):
+            return [f.expand(len(x), *f.shape[1:]) for f in self.features]
+        return self.features.expand(len(x), *self.features.shape[1:])
+
+
+def test_ground_truth_rotation_diagnosis_is_exact_when_only_the_rotation_is_wrong(items, tiny_model):
+    """nme_gt_rotation: ground truth made from the model's own shape with the Pose_Para rotation gives ~0 error."""
+    import copy
+
+    from facerecon.geometry import euler_to_matrix
+
+    model = copy.deepcopy(tiny_model).eval()
+    size = model.config.input_size
+    with torch.no_grad():
+        model.backbone = _ConstantFeatures(model.backbone(torch.zeros(1, 3, size, size)))
+        params = model(torch.zeros(len(items), 3, size, size), landmarks_only=True).params
+        gt_rot = euler_to_matrix(torch.deg2rad(torch.tensor([[it.yaw, it.pitch, it.roll] for it in items])))
+        truth = model.decode(dataclasses.replace(params, rotation=gt_rot), landmarks_only=True).landmarks_2d
+    # Any placement of those points: the crop is a scale + shift of the image, which the diagnosis refits.
+    faked = [dataclasses.replace(it, landmarks=3.0 * truth[k].double().numpy() + 40.0) for k, it in enumerate(items)]
+    res = evaluate_aflw2000(model, faked, with_ssim=False)
+    for p in res["per_image"]:
+        assert p["nme_gt_rotation"] < 1e-4 < p["nme_scale_shift"] <= p["nme"] + 1e-9
+    assert "ground-truth rotation" in markdown_table({"aflw2000": res})

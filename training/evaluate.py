@@ -145,6 +145,19 @@ def similarity_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return scale * a @ r + mg
 
 
+def scale_shift_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """``pred`` (N, 2) after the least-squares scale and translation (no rotation) that best map it onto ``gt``.
+
+    Diagnosis: with the ground-truth rotation substituted (:func:`evaluate_aflw2000`'s ``nme_gt_rotation``) this
+    removes the 2D placement the predicted translation made for the predicted rotation, so the NME left measures the
+    shape alone; applied to the prediction itself it gives the matching baseline (``nme_scale_shift``).
+    """
+    mp, mg = pred.mean(0), gt.mean(0)
+    a = pred - mp
+    scale = float((a * (gt - mg)).sum()) / max(float((a**2).sum()), 1e-12)
+    return scale * a + mg
+
+
 def signed_offsets(pred: np.ndarray, gt: np.ndarray, yaw_deg: float) -> np.ndarray:
     """(68, 2) offsets ``pred - gt`` / sqrt(w * h) in a yaw-positive frame (faces with yaw < 0 mirrored).
 
@@ -244,8 +257,15 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
     """Landmark NME per yaw bin, pose MAE and (optionally) masked SSIM of the re-rendered face.
 
     ``flip_test`` averages each crop's prediction with its mirrored crop's (:meth:`FaceRecon.forward`).
+
+    Diagnosis rows (nothing here feeds back into a model): ``nme_aligned`` after a per-face similarity alignment;
+    ``nme_scale_shift`` after a per-face scale + translation fit (:func:`scale_shift_aligned`), and
+    ``nme_gt_rotation`` the same with the predicted rotation replaced by the ground-truth ``Pose_Para`` rotation
+    (shape and expression kept): the gap between the two is what the head-pose error costs in NME.
     """
-    from facerecon.geometry import crop_to_image
+    import dataclasses
+
+    from facerecon.geometry import crop_to_image, euler_to_matrix
 
     size, scale = model.config.input_size, model.config.crop_scale
     per_image: list[dict[str, Any]] = []
@@ -257,7 +277,10 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
             lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
             euler = np.degrees(out.euler.numpy())
             ssim = masked_ssim(out, model, x) if with_ssim else [float("nan")] * len(chunk)
-        gt = torch.tensor([[it.yaw, it.pitch, it.roll] for it in chunk], dtype=torch.float64)
+            gt = torch.tensor([[it.yaw, it.pitch, it.roll] for it in chunk], dtype=torch.float64)
+            gt_rot = euler_to_matrix(torch.deg2rad(gt)).to(out.params.rotation.dtype)
+            oracle = model.decode(dataclasses.replace(out.params, rotation=gt_rot), landmarks_only=True)
+            lmk_gt_rot = crop_to_image(oracle.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
         geodesic = rotation_error_deg(torch.from_numpy(euler).double(), gt).tolist()
         for k, it in enumerate(chunk):
             yaw, pitch, roll = euler[k]
@@ -265,6 +288,8 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
             per_image.append({
                 "name": it.name, "bin": it.yaw_bin, "nme": nme_68(lmk[k], it.landmarks),
                 "nme_aligned": nme_68(similarity_aligned(lmk[k], it.landmarks), it.landmarks),
+                "nme_scale_shift": nme_68(scale_shift_aligned(lmk[k], it.landmarks), it.landmarks),
+                "nme_gt_rotation": nme_68(scale_shift_aligned(lmk_gt_rot[k], it.landmarks), it.landmarks),
                 "regions": {r: nme_68(lmk[k], it.landmarks, idx) for r, idx in REGIONS.items()},
                 "offsets": off,
                 "nme_far_side": float(np.linalg.norm(off[list(SUBJECT_RIGHT)], axis=1).mean()),
@@ -278,7 +303,7 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         faces = [p for p in per_image if p["bin"] == b]
         bins[label] = {"nme": float(np.mean([p["nme"] for p in faces])) if faces else float("nan"), "n": len(faces)}
         if faces:
-            for key in ("nme_aligned", "nme_far_side", "nme_near_side"):
+            for key in ("nme_aligned", "nme_scale_shift", "nme_gt_rotation", "nme_far_side", "nme_near_side"):
                 bins[label][key] = float(np.mean([p[key] for p in faces]))
             bins[label]["regions"] = {r: float(np.mean([p["regions"][r] for p in faces])) for r in REGIONS}
             bins[label]["mean_offsets"] = np.round(np.mean([p["offsets"] for p in faces], 0), 5).tolist()
@@ -476,6 +501,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         rows.append(("NME after per-face similarity alignment, per bin (%, diagnosis)",
                      " / ".join(f"{100 * nb['nme_aligned']:.2f}" if "nme_aligned" in nb else "n/a"
                                 for nb in b.values())))
+    if any("nme_gt_rotation" in nb for nb in b.values()):
+        rows.append(("NME after a per-face scale + shift fit: own / ground-truth rotation, per bin (%, diagnosis)",
+                     " / ".join(f"{100 * nb['nme_scale_shift']:.2f}, {100 * nb['nme_gt_rotation']:.2f}"
+                                if "nme_gt_rotation" in nb else "n/a" for nb in b.values())))
     for label, pb in results["aflw2000"].get("pose_bins", {}).items():
         rows.append((f"Pose MAE y / p / r, geodesic, yaw {label} (deg)",
                      f"{pb['yaw']:.2f} / {pb['pitch']:.2f} / {pb['roll']:.2f}, {pb['geodesic']:.2f} (n={pb['n']})"))
