@@ -395,7 +395,6 @@ def test_validation_yaw_mae_against_clamped_labels(fixed_batch, tiny_model):
     known = torch.isfinite(labels)
     expected = (yaw[known].double() - labels[known].clamp(-89, 89)).abs().mean()
     assert res["n_yaw"] == 6 and res["yaw_mae"] == pytest.approx(float(expected), rel=1e-5)
-    tiny_model.eval()
     without = evaluate(tiny_model, [{k: v for k, v in batch.items() if k != "yaw"}], accelerator, extend_landmarks)
     unlabelled = evaluate(tiny_model, [dict(batch, yaw=torch.full((8,), float("nan")))], accelerator, extend_landmarks)
     tiny_model.eval()

@@ -274,13 +274,14 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         x, boxes = _crop_batch(chunk, size, scale)
         with torch.inference_mode():
             out = model(x, flip_test=flip_test)
-            lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
+            box_t = torch.from_numpy(boxes).float()
+            lmk = crop_to_image(out.landmarks_2d, box_t, size).numpy()
             euler = np.degrees(out.euler.numpy())
             ssim = masked_ssim(out, model, x) if with_ssim else [float("nan")] * len(chunk)
             gt = torch.tensor([[it.yaw, it.pitch, it.roll] for it in chunk], dtype=torch.float64)
             gt_rot = euler_to_matrix(torch.deg2rad(gt)).to(out.params.rotation.dtype)
             oracle = model.decode(dataclasses.replace(out.params, rotation=gt_rot), landmarks_only=True)
-            lmk_gt_rot = crop_to_image(oracle.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
+            lmk_gt_rot = crop_to_image(oracle.landmarks_2d, box_t, size).numpy()
         geodesic = rotation_error_deg(torch.from_numpy(euler).double(), gt).tolist()
         for k, it in enumerate(chunk):
             yaw, pitch, roll = euler[k]
@@ -439,7 +440,8 @@ def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path
         x, boxes = _crops_from_landmarks(imgs, gts, size, scale)
         with torch.inference_mode():
             out = model(x, flip_test=flip_test)
-            lmk = crop_to_image(out.landmarks_2d, torch.from_numpy(boxes).float(), size).numpy()
+            box_t = torch.from_numpy(boxes).float()
+            lmk = crop_to_image(out.landmarks_2d, box_t, size).numpy()
             ssim = masked_ssim(out, model, x)
         for k, (row, _) in enumerate(chunk):
             hit = float(box_contains_centre(detector(imgs[k]), gts[k])) if detector is not None else float("nan")

@@ -164,7 +164,12 @@ def pseudo_pose_loss(rotation: torch.Tensor, landmarks: torch.Tensor, depth: tor
     return pose_loss(rotation, target, known)
 
 
-def yaw_loss(rotation: torch.Tensor, target_deg: torch.Tensor, max_deg: float = 89.0,
+#: Labelled yaws are clamped to +-this many degrees before they are compared with a prediction (AFLW has faces
+#: turned past profile, which :func:`facerecon.geometry.matrix_to_euler`'s yaw range cannot express).
+YAW_LABEL_MAX_DEG = 89.0
+
+
+def yaw_loss(rotation: torch.Tensor, target_deg: torch.Tensor, max_deg: float = YAW_LABEL_MAX_DEG,
              beta: float = 0.05) -> torch.Tensor:
     """Smooth-L1 error of the predicted yaw against a labelled yaw, on the samples that have a label.
 

@@ -202,12 +202,12 @@ def evaluate(model, loader: DataLoader, accelerator, extend,
     Returns:
         ``{"nme": mean over faces, "n": faces, "nme/<source>": mean over that source's faces, ...}``, plus
         ``"yaw_mae"`` (degrees) and ``"n_yaw"`` when some faces carry a yaw label (AFLW): the mean absolute error of
-        the predicted yaw (:func:`facerecon.geometry.matrix_to_euler`) against the label clamped to +-89 degrees,
-        as :func:`training.losses.yaw_loss` compares them.
+        the predicted yaw (:func:`facerecon.geometry.matrix_to_euler`) against the label clamped to
+        +-:data:`training.losses.YAW_LABEL_MAX_DEG`, as :func:`training.losses.yaw_loss` compares them.
     """
     from facerecon.geometry import matrix_to_euler
     from training.data import SOURCE_IDS
-    from training.losses import source_landmarks_2d
+    from training.losses import YAW_LABEL_MAX_DEG, source_landmarks_2d
 
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
@@ -224,7 +224,8 @@ def evaluate(model, loader: DataLoader, accelerator, extend,
             sources.append(accelerator.gather_for_metrics(batch["source"]))
             if "yaw" in batch:  # NaN where a face has no yaw label; gathered whole so every process takes part
                 yaw = torch.rad2deg(matrix_to_euler(out.params.rotation.float())[:, 0])
-                yaw_errs.append(accelerator.gather_for_metrics((yaw - batch["yaw"].float().clamp(-89, 89)).abs()))
+                label = batch["yaw"].float().clamp(-YAW_LABEL_MAX_DEG, YAW_LABEL_MAX_DEG)
+                yaw_errs.append(accelerator.gather_for_metrics((yaw - label).abs()))
     model.train()
     all_err = torch.cat(errs) if errs else torch.zeros(0)
     all_src = torch.cat(sources) if sources else torch.zeros(0, dtype=torch.long)
