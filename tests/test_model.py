@@ -209,6 +209,24 @@ def test_deepcopy_and_pickle_after_use(tiny_model, astronaut):
         assert torch.equal(out.normals, ref.normals) and torch.equal(out.vertices, ref.vertices)
 
 
+def test_training_after_inference_mode_use(tiny_model):
+    """Caches first built under torch.inference_mode (normals incidence, mirror maps) still serve backward."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)  # copies drop the run-time caches
+    assert "_incidence" not in model.morphable.__dict__
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        model.eval()(x, flip_test=True)
+    assert model.morphable.__dict__["_incidence"] and model.morphable.__dict__["_identity_mirror"]
+    model.train()
+    out = model(x)  # the normals use the incidence cache
+    mirrored = model(x, flip_test=True).params.identity  # through the identity mirror map cache
+    (out.normals.sum() + out.landmarks_2d.sum() + mirrored.sum()).backward()
+    for head in (model.pose_head, model.identity_head):
+        assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+
+
 def test_batchnorm_folding_matches_and_tracks_weight_updates(tiny_model, astronaut):
     from facerecon.inference.pipeline import Reconstructor
     from facerecon.models.fuse import fold_batchnorm

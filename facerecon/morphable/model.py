@@ -72,12 +72,17 @@ def linear_mirror_map(mean: torch.Tensor, basis: torch.Tensor, std: torch.Tensor
 
 
 def _cached_map(module: nn.Module, name: str, build, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build once per (device, dtype) and keep in ``module.__dict__`` (a rebuildable cache, not a buffer)."""
+    """Build once per (device, dtype) and keep in ``module.__dict__`` (a rebuildable cache, not a buffer).
+
+    The cache is built outside inference mode even when first asked for inside it, so that a model used for inference
+    first can still be trained (inference tensors cannot be saved for backward).
+    """
     cache = module.__dict__.setdefault(name, {})
     key = (like.device, like.dtype)
     if key not in cache:
-        t, o = build()
-        cache[key] = (t.to(like), o.to(like))
+        with torch.inference_mode(False):
+            t, o = build()
+            cache[key] = (t.to(like.device, like.dtype), o.to(like.device, like.dtype))
     return cache[key]
 
 
@@ -139,7 +144,8 @@ class MorphableModel(nn.Module):
         key = (vertices.device, vertices.dtype)
         cache = self.__dict__.setdefault("_incidence", {})
         if key not in cache:
-            cache[key] = vertex_face_incidence(self.faces.to(vertices.device), self.n_vertices, vertices.dtype)
+            with torch.inference_mode(False):  # see _cached_map: the cache must also serve training
+                cache[key] = vertex_face_incidence(self.faces.to(vertices.device), self.n_vertices, vertices.dtype)
         return vertex_normals(vertices, self.faces, incidence=cache[key])
 
     @property
