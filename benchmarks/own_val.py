@@ -6,9 +6,9 @@
 This is the number default-model candidates are chosen by (the AFLW2000-3D dev split only validates): the 68-point
 NME on the manual labels of the deterministic 70/15/15 split's validation part (``training.train.build_datasets``
 with the config's sources and pseudo-label settings; pseudo-labels never enter validation), per face normalised by
-the visible labels' box. Each model sees crops at its own input size. The NME is given with the model's own
-landmark definition and, when the config sets ``source_landmarks``, with those per-source definitions too; per
-source as well. Cross-measures like "model A under config B's definitions" come from one command.
+the visible labels' box. Each model sees crops at its own input size and crop scale. The NME is given with the
+model's own landmark definition and, when the config sets ``source_landmarks``, with those per-source definitions
+too; per source as well. Cross-measures like "model A under config B's definitions" come from one command.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def own_validation(model: Any, config: Any, batch_size: int = 128,
     from training.train import build_datasets, evaluate, source_definitions
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    _, val = build_datasets(config, model.config.input_size)
+    _, val = build_datasets(config, model.config.input_size, model.config.crop_scale)
     loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=0)
     model = model.to(accelerator.device)
     loader = accelerator.prepare(loader)

@@ -24,6 +24,7 @@ from training.data import (
     load_utkface,
     make_splits,
     read_rgb,
+    scale_box,
     split_sizes,
 )
 
@@ -107,6 +108,32 @@ def test_300w_canonical_crop(records):
         lo, hi = lmk.min(0), lmk.max(0)
         np.testing.assert_allclose(0.5 * (lo + hi), [(S - 1) / 2] * 2, atol=0.5)
         assert abs((hi - lo).max() - S / 1.6) <= 0.5
+
+
+def test_scale_box_about_centre():
+    box = np.array([10.0, 20.0, 50.0, 100.0])
+    np.testing.assert_allclose(scale_box(box, 0.5), [20.0, 40.0, 40.0, 80.0])
+    np.testing.assert_allclose(scale_box(box, 1.0), box)
+    assert box.tolist() == [10.0, 20.0, 50.0, 100.0]  # input unchanged
+
+
+@pytest.mark.parametrize("crop_scale", [1.4, 1.8])
+def test_crop_scale_sets_the_face_size_in_the_crop(records, crop_scale):
+    recs = records["300w"][::300]
+    ds = RealFaceDataset(recs, size=S, augment=False, crop_scale=crop_scale)
+    for i in range(len(ds)):
+        lmk = ds[i]["landmarks"][:68].numpy()
+        lo, hi = lmk.min(0), lmk.max(0)
+        np.testing.assert_allclose(0.5 * (lo + hi), [(S - 1) / 2] * 2, atol=0.5)
+        assert abs((hi - lo).max() - S / crop_scale) <= 0.5
+    aug = RealFaceDataset(recs, size=S, augment=True, crop_scale=crop_scale)
+    assert aug.augmenter.crop_scale == crop_scale
+    face = aug.augmenter.face_box(GeometricParams())
+    assert abs((face[2] - face[0]) - S / crop_scale) < 1e-6
+    with pytest.raises(ValueError, match="crop_scale"):
+        RealFaceDataset(recs, size=S, augment=Augmenter(S), crop_scale=crop_scale)
+    with pytest.raises(ValueError, match="crop_scale"):
+        RealFaceDataset(recs, size=S, crop_scale=0.9)
 
 
 def test_aflw_mapping(root, records):

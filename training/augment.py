@@ -114,16 +114,20 @@ def _check_range(name: str, lo: float, hi: float, lo_min: float = -math.inf) -> 
 class Augmenter:
     """Random face-crop augmentation into ``size`` x ``size`` crops (see the module docstring)."""
 
-    def __init__(self, size: int, config: AugmentConfig | None = None) -> None:
+    def __init__(self, size: int, config: AugmentConfig | None = None,
+                 crop_scale: float = CANONICAL_CROP_SCALE) -> None:
         """Create the augmenter.
 
         Args:
             size: crop side S in pixels.
             config: ranges and probabilities (default :class:`AugmentConfig`).
+            crop_scale: the boxes' side over the face's (the model's ``crop_scale``); sets :meth:`face_box`.
         """
         cfg = config or AugmentConfig()
         if size < 8:
             raise ValueError(f"crop size must be >= 8 pixels, got {size}")
+        if not crop_scale >= 1.0:
+            raise ValueError(f"crop_scale must be >= 1, got {crop_scale}")
         _check_range("scale", *cfg.scale, lo_min=1e-3)
         _check_range("blur_sigma", *cfg.blur_sigma, lo_min=0.0)
         _check_range("jpeg_quality", *cfg.jpeg_quality, lo_min=1)
@@ -132,9 +136,10 @@ class Augmenter:
                 raise ValueError(f"AugmentConfig.{name} must be a probability in [0, 1], got {getattr(cfg, name)}")
         self.size = int(size)
         self.config = cfg
+        self.crop_scale = float(crop_scale)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, config={self.config})"
+        return f"{type(self).__name__}(size={self.size}, crop_scale={self.crop_scale}, config={self.config})"
 
     # ------------------------------------------------------------------------------------------------------------------
     # geometry
@@ -177,14 +182,14 @@ class Augmenter:
     def face_box(self, params: GeometricParams) -> np.ndarray:
         """Crop-pixel bounding box of the face region under ``params``.
 
-        The face region is the central ``S / 1.6`` square of the un-augmented crop (the landmarks' box under the
-        canonical crop rule), mapped through the augmentation and clipped to the crop.
+        The face region is the central ``S / crop_scale`` square of the un-augmented crop (the landmarks' box under
+        the crop rule), mapped through the augmentation and clipped to the crop.
         """
         s, half = self.size, (self.size - 1) / 2.0
         canonical_box = np.array([-0.5, -0.5, s - 0.5, s - 0.5])
         # Crop -> crop map of the augmentation: affine(canonical box) with the canonical crop as the "image".
         m = self.affine(canonical_box, params)
-        r = s / (2.0 * CANONICAL_CROP_SCALE)
+        r = s / (2.0 * self.crop_scale)
         corners = np.array([[half - r, half - r], [half + r, half - r], [half + r, half + r], [half - r, half + r]])
         q = corners @ m[:, :2].T + m[:, 2]
         lo = np.clip(q.min(0), -0.5, s - 0.5)

@@ -81,6 +81,7 @@ __all__ = [
     "make_splits",
     "pose_bin_label",
     "read_rgb",
+    "scale_box",
     "split_sizes",
 ]
 
@@ -897,6 +898,13 @@ def aflw_box_scale_check(root: str | os.PathLike | None = None) -> dict[str, flo
 # Dataset
 
 
+def scale_box(box: np.ndarray, factor: float) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` box scaled by ``factor`` about its centre (a new float64 array; the input is unchanged)."""
+    b = np.asarray(box, dtype=np.float64)
+    centre, half = 0.5 * (b[:2] + b[2:]), 0.5 * (b[2:] - b[:2]) * float(factor)
+    return np.concatenate([centre - half, centre + half])
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB.
 
@@ -918,28 +926,35 @@ class RealFaceDataset(Dataset):
     UTKFace race code or -1); ``depth`` (71,) float32 relative point depth in crop pixels and ``depth_weights`` (71,)
     (1 where the record has pseudo-label depth for that point, else 0).
 
-    Without augmentation the crop is :func:`facerecon.inference.crop.crop_face` of the record's box (exactly the
-    inference crop) and the sample is deterministic. With augmentation the random state of item ``i`` is
+    Records carry boxes under the canonical crop rule (side :data:`CANONICAL_CROP_SCALE` x the face's); a model with
+    another ``crop_scale`` sees every box scaled about its centre by ``crop_scale / CANONICAL_CROP_SCALE``
+    (:func:`scale_box`), as the inference crop would be. Without augmentation the crop is
+    :func:`facerecon.inference.crop.crop_face` of that box (exactly the inference crop) and the sample is
+    deterministic. With augmentation the random state of item ``i`` is
     ``numpy.random.default_rng([seed, epoch, i])``: reproducible, different per epoch (:meth:`set_epoch`, call it before
     building the epoch's iterator; with ``persistent_workers`` the workers keep their own copy) and per item, so
     loader workers never repeat each other.
     """
 
     def __init__(self, records: Sequence[FaceSample], size: int = 128, augment: bool | Augmenter = False,
-                 split: str = "train", seed: int = 0) -> None:
+                 split: str = "train", seed: int = 0, crop_scale: float = CANONICAL_CROP_SCALE) -> None:
         """Create the dataset.
 
         Args:
             records: face records (e.g. one split of :func:`make_splits`), any mix of sources.
             size: crop side S in pixels.
-            augment: True for the default :class:`training.augment.Augmenter`, or an augmenter instance.
+            augment: True for the default :class:`training.augment.Augmenter`, or an augmenter instance (whose
+                ``crop_scale`` must match).
             split: name of the split (informational; used in ``repr`` and logs).
             seed: base seed of the augmentation.
+            crop_scale: the model's crop side over the face's (``FaceReconConfig.crop_scale``).
         """
         from training.augment import Augmenter
 
         if size < 8:
             raise ValueError(f"crop size must be >= 8 pixels, got {size}")
+        if not 1.0 <= crop_scale <= 3.0:
+            raise ValueError(f"crop_scale must be in [1, 3], got {crop_scale}")
         for r in records:
             if FORBIDDEN_DIR in Path(r.image_path).parts:
                 raise ValueError(f"record {r.key} points into {FORBIDDEN_DIR}, the validation benchmark")
@@ -948,25 +963,29 @@ class RealFaceDataset(Dataset):
         self.split = split
         self.seed = int(seed)
         self.epoch = 0
+        self.crop_scale = float(crop_scale)
         if augment is True:
-            augment = Augmenter(self.size)
+            augment = Augmenter(self.size, crop_scale=self.crop_scale)
         elif augment is False or augment is None:
             augment = None
         elif not isinstance(augment, Augmenter):
             raise TypeError(f"augment must be a bool or an Augmenter, got {type(augment).__name__}")
         elif augment.size != self.size:
             raise ValueError(f"augmenter size {augment.size} != dataset size {self.size}")
+        elif augment.crop_scale != self.crop_scale:
+            raise ValueError(f"augmenter crop_scale {augment.crop_scale} != dataset crop_scale {self.crop_scale}")
         self.augmenter: Augmenter | None = augment
 
     @classmethod
     def from_split(cls, split: str, sources: Iterable[str] = SOURCES, size: int = 128,
                    augment: bool | Augmenter | None = None, seed: int = 0, split_seed: int = 0,
-                   root: str | os.PathLike | None = None) -> RealFaceDataset:
+                   root: str | os.PathLike | None = None, crop_scale: float = CANONICAL_CROP_SCALE) -> RealFaceDataset:
         """Dataset of one split of :func:`make_splits` (augmented by default only for "train")."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
         recs = make_splits(seed=split_seed, sources=sources, root=root)[split]
-        return cls(recs, size=size, augment=(split == "train") if augment is None else augment, split=split, seed=seed)
+        return cls(recs, size=size, augment=(split == "train") if augment is None else augment, split=split, seed=seed,
+                   crop_scale=crop_scale)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch``."""
@@ -978,7 +997,7 @@ class RealFaceDataset(Dataset):
     def __repr__(self) -> str:
         n = Counter(r.source for r in self.records)
         return (f"{type(self).__name__}(split={self.split!r}, n={len(self)}, sources={dict(n)}, size={self.size}, "
-                f"augment={self.augmenter is not None})")
+                f"crop_scale={self.crop_scale}, augment={self.augmenter is not None})")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.records):
@@ -988,16 +1007,17 @@ class RealFaceDataset(Dataset):
         rec = self.records[index]
         image = read_rgb(rec.image_path)
         yaw = rec.yaw
+        box = scale_box(rec.box, self.crop_scale / CANONICAL_CROP_SCALE)
         if self.augmenter is None:
-            crop = crop_face(image, rec.box, self.size)
-            b = rec.box
+            crop = crop_face(image, box, self.size)
+            b = box
             scale = np.array([self.size / (b[2] - b[0]), self.size / (b[3] - b[1])])
             lmk = (rec.landmarks - b[:2]) * scale - 0.5  # image_to_crop
             weights = rec.weights
             depth_scale, flipped = float(np.sqrt(scale.prod())), False
         else:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            res = self.augmenter(image, rec.box, rec.landmarks, rec.weights, rng)
+            res = self.augmenter(image, box, rec.landmarks, rec.weights, rng)
             crop, lmk, weights = res.image, res.landmarks, res.weights
             depth_scale, flipped = float(np.sqrt(abs(np.linalg.det(res.matrix[:, :2])))), res.flipped
             if res.flipped:

@@ -87,9 +87,21 @@ def build_model(cfg: TrainConfig):
     return FaceRecon(cfg.model_config())
 
 
-def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
-    """Training and validation datasets from the deterministic 70/15/15 split of the real pool."""
-    from training.data import RealFaceDataset, format_split_sizes, make_splits, reweight_turned_jaw
+def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float | None = None) -> tuple[Any, Any]:
+    """Training and validation datasets from the deterministic 70/15/15 split of the real pool.
+
+    Args:
+        cfg: training config (sources, pseudo-labels, profiled faces, augmentation, seed).
+        input_size: crop side in pixels (the model's ``input_size``).
+        crop_scale: the model's ``crop_scale`` (crop side over face side); None for the canonical 1.6.
+    """
+    from training.data import (
+        CANONICAL_CROP_SCALE,
+        RealFaceDataset,
+        format_split_sizes,
+        make_splits,
+        reweight_turned_jaw,
+    )
 
     splits = make_splits(seed=0, sources=cfg.sources)
     logger.info("data splits:\n%s", format_split_sizes(splits))
@@ -104,11 +116,13 @@ def build_datasets(cfg: TrainConfig, input_size: int) -> tuple[Any, Any]:
         profiled = load_profiled(folder, allowed_origins={r.key for r in splits["train"]})
         logger.info("profiled faces: %d turned views from %s", len(profiled), folder)
         splits["train"] = splits["train"] + profiled
-    train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed)
+    crop_scale = CANONICAL_CROP_SCALE if crop_scale is None else crop_scale
+    train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed,
+                            crop_scale=crop_scale)
     val_records = [r for r in splits["val"] if r.has_landmarks]
     if cfg.val_limit:
         val_records = val_records[:: max(1, len(val_records) // cfg.val_limit)][: cfg.val_limit]
-    val = RealFaceDataset(val_records, size=input_size, augment=False, split="val")
+    val = RealFaceDataset(val_records, size=input_size, augment=False, split="val", crop_scale=crop_scale)
     return train, val
 
 
@@ -293,7 +307,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
     set_seed(cfg.seed, device_specific=True)
     model = build_model(cfg)
     size = model.config.input_size
-    train_set, val_set = build_datasets(cfg, size)
+    train_set, val_set = build_datasets(cfg, size, model.config.crop_scale)
     per_device = max(1, cfg.batch_size // (accelerator.num_processes * cfg.grad_accum))
     n_synthetic = round(per_device * cfg.synthetic_fraction)
     if n_synthetic == per_device and cfg.synthetic_fraction < 1:
