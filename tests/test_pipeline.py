@@ -64,6 +64,19 @@ def test_given_box_skips_detection(model, astronaut):
         model.reconstruct(astronaut, box=[10, 10, 5, 5])
 
 
+@pytest.mark.parametrize("crop_scale", [1.6, 1.5])
+def test_detection_crop_follows_the_crop_scale(ict_dir, make_config, crop_scale):
+    from facerecon.inference.pipeline import Reconstructor
+    from facerecon.models.facerecon import FaceRecon
+
+    rec = Reconstructor(FaceRecon(make_config(crop_scale=crop_scale)), detector=lambda img: [])
+    assert rec.detection_scale == pytest.approx(1.45 * crop_scale / 1.6)
+    box = rec.crop_from_detection([100.0, 100.0, 200.0, 180.0])  # 100 x 80 box, centre (150, 140)
+    side = 145.0 * crop_scale / 1.6
+    np.testing.assert_allclose(box, [150 - side / 2, 150.4 - side / 2, 150 + side / 2, 150.4 + side / 2])
+    assert Reconstructor(FaceRecon(make_config(crop_scale=crop_scale)), detection_scale=2.0).detection_scale == 2.0
+
+
 def test_neutral_export_differs_only_by_expression(model, astronaut):
     face = model.reconstruct(astronaut, max_faces=1)[0]
     assert face.to_trimesh(neutral=True).vertices.shape == (N_VERTICES, 3)

@@ -120,6 +120,10 @@ class Reconstruction(MeshExport):
         }
 
 
+#: Initial crop side over the Haar detector box side for a model with the canonical ``crop_scale`` 1.6.
+DETECTION_SCALE = 1.45
+
+
 class Reconstructor:
     """Callable pipeline around a :class:`FaceRecon` model.
 
@@ -127,9 +131,10 @@ class Reconstructor:
         model: the model (put in eval mode here).
         detector: face detector; a :class:`FaceDetector` is created on first use when None.
         refine_steps: how many times to re-crop from the predicted landmarks (0 = use the detection crop).
-        detection_scale: crop side relative to the detector box side. Haar boxes run from forehead to chin: the
-            68 landmarks span about 0.83 of the box side, centred about 0.13 of it below the box centre (measured on
-            AFLW2000-3D dev), so 1.45 gives about 1.75x the landmark extent, inside the model's training range.
+        detection_scale: crop side relative to the detector box side; None for ``1.45 * crop_scale / 1.6`` (the
+            model's ``crop_scale``). Haar boxes run from forehead to chin: the 68 landmarks span about 0.83 of the
+            box side, centred about 0.13 of it below the box centre (measured on AFLW2000-3D dev), so 1.45 gives
+            about 1.75x the landmark extent for a 1.6 model, 1.09x its crop and inside its training range.
         detection_shift: downward shift of the crop centre in units of the detector box height.
         backend: "torch", or "onnx" to run the regressor with onnxruntime (the mesh is still decoded in torch).
         onnx_path: the exported regressor for the ONNX backend (default: exported once into the cache).
@@ -141,7 +146,7 @@ class Reconstructor:
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
-                 detection_scale: float = 1.45, detection_shift: float = 0.13, backend: str = "torch",
+                 detection_scale: float | None = None, detection_shift: float = 0.13, backend: str = "torch",
                  onnx_path: str | os.PathLike | None = None, fuse: bool = True,
                  onnx_threads: int | None = None, flip_test: bool = False) -> None:
         if backend not in BACKENDS:
@@ -159,7 +164,9 @@ class Reconstructor:
         self._detector = detector
         self._lock = threading.Lock()
         self.refine_steps = refine_steps
-        self.detection_scale = detection_scale
+        if detection_scale is None:
+            detection_scale = DETECTION_SCALE * model.config.crop_scale / 1.6
+        self.detection_scale = float(detection_scale)
         self.detection_shift = detection_shift
 
     @property
