@@ -410,3 +410,10 @@ def test_format_validation_line():
     m.update(yaw_mae=7.974, n_yaw=1502)
     assert format_validation(m, digits=5) == ("val NME 0.05986 on 1732 faces (300w 0.03897, aflw 0.06306), "
                                               "yaw MAE 7.97 deg on 1502 labelled faces")
+
+
+def test_tracker_metrics_keep_errors_drop_counts():
+    from training.train import tracker_metrics
+
+    m = {"nme": 0.06, "n": 1732, "nme/300w": 0.039, "yaw_mae": 7.97, "n_yaw": 1502}
+    assert tracker_metrics(m) == {"val/nme": 0.06, "val/nme/300w": 0.039, "val/yaw_mae": 7.97}

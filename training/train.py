@@ -254,6 +254,11 @@ def evaluate(model, loader: DataLoader, accelerator, extend,
     return metrics
 
 
+def tracker_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """:func:`evaluate`'s metrics for the experiment trackers: ``val/<name>`` for every error, without the counts."""
+    return {f"val/{k}": float(v) for k, v in metrics.items() if k not in ("n", "n_yaw")}
+
+
 def format_validation(metrics: dict[str, float], digits: int = 4) -> str:
     """One log line for :func:`evaluate`'s metrics.
 
@@ -397,7 +402,7 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
             epoch_end = not cfg.val_every and batches == len(train_loader)
             if (cfg.val_every and step % cfg.val_every == 0) or epoch_end or step == cfg.max_steps:
                 metrics = evaluate(model, val_loader, accelerator, extend_landmarks, definitions)
-                accelerator.log({f"val/{k}": v for k, v in metrics.items() if k.startswith("nme")}, step=step)
+                accelerator.log(tracker_metrics(metrics), step=step)
                 history.append({"step": step, "val_nme": metrics["nme"]})
                 logger.info("step %d: %s", step, format_validation(metrics))
                 if metrics["nme"] < best:
