@@ -84,7 +84,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "# facerecon-default",
         "",
         "Single-photo 3D face reconstruction: a timm backbone "
-        f"(`{model_cfg.get('backbone', '?')}`, {model_cfg.get('input_size', '?')} px input) with an attention head "
+        f"(`{model_cfg.get('backbone', '?')}`, {model_cfg.get('input_size', '?')} px input: a square crop "
+        f"{model_cfg.get('crop_scale', 1.6)} x the side of the face's 68-landmark box) with an attention head "
         "whose query tokens (eyes, brows, nose, mouth, jaw, identity, albedo, lighting, pose) cross-attend to the "
         "feature map "
         "and regress ICT-FaceKit identity and expression coefficients, albedo coefficients, spherical-harmonics "
