@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -71,19 +74,22 @@ def linear_mirror_map(mean: torch.Tensor, basis: torch.Tensor, std: torch.Tensor
     return sol[:, :k].to(mean.dtype), sol[:, k].to(mean.dtype)
 
 
-def _cached_map(module: nn.Module, name: str, build, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build once per (device, dtype) and keep in ``module.__dict__`` (a rebuildable cache, not a buffer).
+def _cached(module: nn.Module, name: str, key: Any, build: Callable[[], Any]) -> Any:
+    """``build()`` once per ``key``, kept in ``module.__dict__[name]`` (a rebuildable cache, not a buffer).
 
-    The cache is built outside inference mode even when first asked for inside it, so that a model used for inference
+    The value is built outside inference mode even when first asked for inside it, so that a model used for inference
     first can still be trained (inference tensors cannot be saved for backward).
     """
     cache = module.__dict__.setdefault(name, {})
-    key = (like.device, like.dtype)
     if key not in cache:
         with torch.inference_mode(False):
-            t, o = build()
-            cache[key] = (t.to(like.device, like.dtype), o.to(like.device, like.dtype))
+            cache[key] = build()
     return cache[key]
+
+
+def _cached_map(module: nn.Module, name: str, build, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear map ``(t, o)`` from ``build()``, cached per (device, dtype) of ``like`` (see :func:`_cached`)."""
+    return _cached(module, name, (like.device, like.dtype), lambda: tuple(x.to(like) for x in build()))
 
 
 class MorphableModel(nn.Module):
@@ -141,12 +147,9 @@ class MorphableModel(nn.Module):
 
         Convention: as :func:`facerecon.geometry.vertex_normals` (outward for the counter-clockwise triangles).
         """
-        key = (vertices.device, vertices.dtype)
-        cache = self.__dict__.setdefault("_incidence", {})
-        if key not in cache:
-            with torch.inference_mode(False):  # see _cached_map: the cache must also serve training
-                cache[key] = vertex_face_incidence(self.faces.to(vertices.device), self.n_vertices, vertices.dtype)
-        return vertex_normals(vertices, self.faces, incidence=cache[key])
+        incidence = _cached(self, "_incidence", (vertices.device, vertices.dtype), lambda: vertex_face_incidence(
+            self.faces.to(vertices.device), self.n_vertices, vertices.dtype))
+        return vertex_normals(vertices, self.faces, incidence=incidence)
 
     @property
     def n_vertices(self) -> int:
