@@ -21,6 +21,11 @@ COMPONENT_PREFIXES: dict[str, tuple[str, ...]] = {
 GLOBAL_TOKENS: tuple[str, ...] = ("identity", "albedo", "lighting", "pose")
 
 
+#: The crop rule the training records' boxes follow and the default ``crop_scale``: crop side = 1.6 x the larger side
+#: of the 68 landmarks' bounding box.
+CANONICAL_CROP_SCALE = 1.6
+
+
 @dataclass
 class FaceReconConfig:
     """Architecture, input size and parameter layout of :class:`facerecon.FaceRecon`.
@@ -60,7 +65,7 @@ class FaceReconConfig:
     albedo_model: str = "default"
     surface: str = "face"
     landmarks: str = "ict"
-    crop_scale: float = 1.6
+    crop_scale: float = CANONICAL_CROP_SCALE
     expression_bias: float = -6.0
 
     def __post_init__(self) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from facerecon.config import CANONICAL_CROP_SCALE
 from facerecon.geometry import box_from_points
 from facerecon.morphable.ict import MIRROR_68, cache_dir
 from training.config import JAW_TURNED_WEIGHT, JAW_YAW_THRESHOLD_DEG
@@ -150,7 +151,6 @@ AFLW_YAW_BINS: tuple[str, ...] = ("0-30", "30-60", "60-90", ">90")
 #: yaw (4,625 crops with both eye centres and the nose tip visible; the median offset per 5-degree yaw bin follows
 #: ``k tan(yaw)`` up to ~55 deg); the estimate then has r = 0.94 and a mean abs. error of 9 deg against the labels.
 YAW_NOSE_OFFSET_K = 1.15
-CANONICAL_CROP_SCALE = 1.6
 
 UTK_SIZE = 200
 UTK_RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")

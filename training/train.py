@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from facerecon.config import CANONICAL_CROP_SCALE
 from training.config import TrainConfig, add_config_arguments, load_config
 
 logger = logging.getLogger("facerecon.train")
@@ -87,21 +88,15 @@ def build_model(cfg: TrainConfig):
     return FaceRecon(cfg.model_config())
 
 
-def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float | None = None) -> tuple[Any, Any]:
+def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float = CANONICAL_CROP_SCALE) -> tuple[Any, Any]:
     """Training and validation datasets from the deterministic 70/15/15 split of the real pool.
 
     Args:
         cfg: training config (sources, pseudo-labels, profiled faces, augmentation, seed).
         input_size: crop side in pixels (the model's ``input_size``).
-        crop_scale: the model's ``crop_scale`` (crop side over face side); None for the canonical 1.6.
+        crop_scale: the model's ``crop_scale`` (crop side over face side).
     """
-    from training.data import (
-        CANONICAL_CROP_SCALE,
-        RealFaceDataset,
-        format_split_sizes,
-        make_splits,
-        reweight_turned_jaw,
-    )
+    from training.data import RealFaceDataset, format_split_sizes, make_splits, reweight_turned_jaw
 
     splits = make_splits(seed=0, sources=cfg.sources)
     logger.info("data splits:\n%s", format_split_sizes(splits))
@@ -116,7 +111,6 @@ def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float | None =
         profiled = load_profiled(folder, allowed_origins={r.key for r in splits["train"]})
         logger.info("profiled faces: %d turned views from %s", len(profiled), folder)
         splits["train"] = splits["train"] + profiled
-    crop_scale = CANONICAL_CROP_SCALE if crop_scale is None else crop_scale
     train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed,
                             crop_scale=crop_scale)
     val_records = [r for r in splits["val"] if r.has_landmarks]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from facerecon.config import CANONICAL_CROP_SCALE
 from facerecon.errors import NoFaceError
 from facerecon.geometry import box_from_points, crop_to_image
 from facerecon.inference.crop import crop_face, square_box
@@ -120,7 +121,7 @@ class Reconstruction(MeshExport):
         }
 
 
-#: Initial crop side over the Haar detector box side for a model with the canonical ``crop_scale`` 1.6.
+#: Initial crop side over the Haar detector box side for a model with the canonical ``crop_scale`` (1.6).
 DETECTION_SCALE = 1.45
 
 
@@ -165,7 +166,7 @@ class Reconstructor:
         self._lock = threading.Lock()
         self.refine_steps = refine_steps
         if detection_scale is None:
-            detection_scale = DETECTION_SCALE * model.config.crop_scale / 1.6
+            detection_scale = DETECTION_SCALE * model.config.crop_scale / CANONICAL_CROP_SCALE
         self.detection_scale = float(detection_scale)
         self.detection_shift = detection_shift
 
