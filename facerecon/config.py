@@ -24,6 +24,26 @@ GLOBAL_TOKENS: tuple[str, ...] = ("identity", "albedo", "lighting", "pose")
 #: The crop rule the training records' boxes follow and the default ``crop_scale``: crop side = 1.6 x the larger side
 #: of the 68 landmarks' bounding box.
 CANONICAL_CROP_SCALE = 1.6
+#: The crop scales a model, a training dataset and the augmenter accept (inclusive).
+CROP_SCALE_RANGE: tuple[float, float] = (1.0, 3.0)
+
+
+def check_crop_scale(crop_scale: float) -> float:
+    """Validate a crop scale (crop side over the larger side of the face's 68-landmark box).
+
+    Args:
+        crop_scale: the value to check.
+
+    Returns:
+        ``crop_scale`` as a float.
+
+    Raises:
+        ConfigError: (a ``ValueError``) when it lies outside :data:`CROP_SCALE_RANGE` or is not a number.
+    """
+    lo, hi = CROP_SCALE_RANGE
+    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not lo <= crop_scale <= hi:
+        raise ConfigError(f"crop_scale must be a number in [{lo:g}, {hi:g}], got {crop_scale!r}")
+    return float(crop_scale)
 
 
 @dataclass
@@ -95,8 +115,7 @@ class FaceReconConfig:
             raise ConfigError(f"surface must be 'face' or 'head', got {self.surface!r}")
         if not self.landmarks or not isinstance(self.landmarks, str):
             raise ConfigError(f"landmarks must be 'ict', a bundled definition name or a path, got {self.landmarks!r}")
-        if not 1.0 <= self.crop_scale <= 3.0:
-            raise ConfigError(f"crop_scale must be in [1, 3], got {self.crop_scale}")
+        check_crop_scale(self.crop_scale)
 
     @property
     def tokens(self) -> tuple[str, ...]:

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from facerecon.config import CROP_SCALE_RANGE, FaceReconConfig, check_crop_scale
+from facerecon.errors import ConfigError
 from facerecon.geometry import crop_affine
 from facerecon.morphable.ict import MIRROR_68
 from training.augment import AugmentConfig, Augmenter, GeometricParams
@@ -134,6 +136,19 @@ def test_crop_scale_sets_the_face_size_in_the_crop(records, crop_scale):
         RealFaceDataset(recs, size=S, augment=Augmenter(S), crop_scale=crop_scale)
     with pytest.raises(ValueError, match="crop_scale"):
         RealFaceDataset(recs, size=S, crop_scale=0.9)
+
+
+@pytest.mark.parametrize("bad", [0.9, 3.5, float("nan"), "1.4", True])
+def test_crop_scale_bounds_are_shared(records, bad):
+    """The model config, the dataset and the augmenter accept the same crop scales (CROP_SCALE_RANGE)."""
+    recs = records["300w"][:2]
+    for make in (lambda c: FaceReconConfig(crop_scale=c), lambda c: RealFaceDataset(recs, size=S, crop_scale=c),
+                 lambda c: Augmenter(S, crop_scale=c)):
+        with pytest.raises(ConfigError, match="crop_scale must be a number in \\[1, 3\\]"):
+            make(bad)
+        for ok in CROP_SCALE_RANGE:
+            make(ok)
+    assert check_crop_scale(1.3) == 1.3
 
 
 def test_aflw_mapping(root, records):

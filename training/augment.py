@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from facerecon.config import check_crop_scale
 from training.data import CANONICAL_CROP_SCALE, EXTENDED_MIRROR, LEFT_EYE_CENTRE, MOUTH_CENTRE, RIGHT_EYE_CENTRE
 
 __all__ = ["AugmentConfig", "AugmentResult", "Augmenter", "GeometricParams"]
@@ -126,8 +127,7 @@ class Augmenter:
         cfg = config or AugmentConfig()
         if size < 8:
             raise ValueError(f"crop size must be >= 8 pixels, got {size}")
-        if not crop_scale >= 1.0:
-            raise ValueError(f"crop_scale must be >= 1, got {crop_scale}")
+        check_crop_scale(crop_scale)
         _check_range("scale", *cfg.scale, lo_min=1e-3)
         _check_range("blur_sigma", *cfg.blur_sigma, lo_min=0.0)
         _check_range("jpeg_quality", *cfg.jpeg_quality, lo_min=1)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facerecon.config import CANONICAL_CROP_SCALE
+from facerecon.config import CANONICAL_CROP_SCALE, check_crop_scale
 from facerecon.geometry import box_from_points
 from facerecon.morphable.ict import MIRROR_68, cache_dir
 from training.config import JAW_TURNED_WEIGHT, JAW_YAW_THRESHOLD_DEG
@@ -953,8 +953,7 @@ class RealFaceDataset(Dataset):
 
         if size < 8:
             raise ValueError(f"crop size must be >= 8 pixels, got {size}")
-        if not 1.0 <= crop_scale <= 3.0:
-            raise ValueError(f"crop_scale must be in [1, 3], got {crop_scale}")
+        check_crop_scale(crop_scale)
         for r in records:
             if FORBIDDEN_DIR in Path(r.image_path).parts:
                 raise ValueError(f"record {r.key} points into {FORBIDDEN_DIR}, the validation benchmark")
