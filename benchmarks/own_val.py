@@ -1,7 +1,8 @@
 """The training-side validation NME of one or more models, measured exactly as ``training/train.py`` logs it.
 
     python benchmarks/own_val.py --config training/configs/finetune_v13.yaml \
-        --model facerecon/pretrained/facerecon-default --model runs/v17/final [--flip-test] [--json OUT]
+        --model facerecon/pretrained/facerecon-default --model runs/v17/final [--flip-test] \
+        [--crop-multiplier 0.93 --crop-multiplier 1.0] [--json OUT]
 
 This is the number default-model candidates are chosen by (the AFLW2000-3D dev split only validates): the 68-point
 NME on the manual labels of the deterministic 70/15/15 split's validation part (``training.train.build_datasets``
@@ -9,6 +10,10 @@ with the config's sources and pseudo-label settings; pseudo-labels never enter v
 the visible labels' box. Each model sees crops at its own input size and crop scale. The NME is given with the
 model's own landmark definition and, when the config sets ``source_landmarks``, with those per-source definitions
 too; per source as well. Cross-measures like "model A under config B's definitions" come from one command.
+
+``--crop-multiplier M`` (repeatable) feeds each model crops M times its own crop scale (M < 1: tighter, the face
+fills more of the input), with the same labels and normalisation: the probe that says whether a model would gain
+from fine-tuning at another crop scale.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Any
 import torch
 
 
-def own_validation(model: Any, config: Any, batch_size: int = 128,
-                   flip_test: bool = False) -> dict[str, dict[str, float]]:
+def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bool = False,
+                   crop_multiplier: float = 1.0) -> dict[str, dict[str, float]]:
     """Validation metrics of ``model`` (:func:`training.train.evaluate`) with its definition and the config's.
 
     Args:
@@ -32,6 +37,7 @@ def own_validation(model: Any, config: Any, batch_size: int = 128,
         config: the :class:`~training.config.TrainConfig` whose split, sources and ``source_landmarks`` are used.
         batch_size: validation batch size (no effect on the numbers).
         flip_test: average each crop's prediction with its mirror image's.
+        crop_multiplier: crops are cut at ``crop_multiplier x model.config.crop_scale`` (1: the model's own crop).
 
     Returns:
         ``{"model_definition": metrics}`` plus ``"source_definitions"`` when the config sets ``source_landmarks``.
@@ -43,7 +49,9 @@ def own_validation(model: Any, config: Any, batch_size: int = 128,
     from training.train import build_datasets, evaluate, source_definitions
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    _, val = build_datasets(config, model.config.input_size, model.config.crop_scale)
+    if not crop_multiplier > 0:
+        raise ValueError(f"crop_multiplier must be > 0, got {crop_multiplier}")
+    _, val = build_datasets(config, model.config.input_size, model.config.crop_scale * crop_multiplier)
     loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=0)
     model = model.to(accelerator.device)
     loader = accelerator.prepare(loader)
@@ -64,22 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="training config YAML whose validation split is measured")
     p.add_argument("--model", action="append", required=True, help="model folder or Hub id (repeatable)")
     p.add_argument("--flip-test", action="store_true", help="average each crop's prediction with its mirror image's")
+    p.add_argument("--crop-multiplier", type=float, action="append", default=None,
+                   help="feed crops this many times the model's own crop scale (repeatable; default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--json", default=None,
+                   help="also write the results here: {config, flip_test, models: {model: {multiplier: results}}}")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     config = load_config(args.config, [])
-    all_results = {}
+    multipliers = args.crop_multiplier or [1.0]
+    all_results: dict[str, dict[str, Any]] = {}
     for name in args.model:
         model = FaceRecon.from_pretrained(name).eval()
-        res = own_validation(model, config, flip_test=args.flip_test)
-        all_results[name] = res
-        for kind, m in res.items():
-            sys.stdout.write(f"{name} [{kind}{', flip test' if args.flip_test else ''}]: "
-                             f"{format_validation(m, digits=5)}\n")
+        for mult in multipliers:
+            res = own_validation(model, config, flip_test=args.flip_test, crop_multiplier=mult)
+            all_results.setdefault(name, {})[f"{mult:g}"] = res
+            for kind, m in res.items():
+                tags = [kind] + (["flip test"] if args.flip_test else []) + ([f"crop x{mult:g}"] if mult != 1 else [])
+                sys.stdout.write(f"{name} [{', '.join(tags)}]: {format_validation(m, digits=5)}\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "flip_test": args.flip_test,
                                                "models": all_results}, indent=2))

@@ -371,6 +371,14 @@ def test_own_validation_benchmark_matches_definitions(ict_dir, tmp_path):
     assert moved["source_definitions"]["nme"] > 1.2 * res["nme"]
     flipped = own_val.own_validation(model, cfg, flip_test=True)["model_definition"]
     assert flipped["nme"] != pytest.approx(res["nme"], rel=1e-6)
+    unit = own_val.own_validation(model, cfg, crop_multiplier=1.0)["model_definition"]
+    assert unit["nme"] == pytest.approx(res["nme"], rel=1e-6)
+    tighter = own_val.own_validation(model, cfg, crop_multiplier=0.8)["model_definition"]
+    assert tighter["n"] == res["n"] and tighter["nme"] != pytest.approx(res["nme"], rel=1e-3)
+    with pytest.raises(ValueError, match="crop_multiplier"):
+        own_val.own_validation(model, cfg, crop_multiplier=0.0)
+    with pytest.raises(ValueError, match="crop_scale"):  # 0.5 x 1.6 is outside the accepted crop scales
+        own_val.own_validation(model, cfg, crop_multiplier=0.5)
 
 
 def test_validation_yaw_mae_against_clamped_labels(fixed_batch, tiny_model):
