@@ -29,7 +29,7 @@ import torch
 
 
 def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bool = False,
-                   crop_multiplier: float = 1.0) -> dict[str, dict[str, float]]:
+                   crop_multiplier: float = 1.0, records: list | None = None) -> dict[str, dict[str, float]]:
     """Validation metrics of ``model`` (:func:`training.train.evaluate`) with its definition and the config's.
 
     Args:
@@ -38,6 +38,8 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
         batch_size: validation batch size (no effect on the numbers).
         flip_test: average each crop's prediction with its mirror image's.
         crop_multiplier: crops are cut at ``crop_multiplier x model.config.crop_scale`` (1: the model's own crop).
+        records: the validation records of ``config`` (:func:`validation_records`) when already built; they keep the
+            canonical boxes, so one list serves every model and crop scale.
 
     Returns:
         ``{"model_definition": metrics}`` plus ``"source_definitions"`` when the config sets ``source_landmarks``.
@@ -45,13 +47,14 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from training.data import extend_landmarks
-    from training.train import build_datasets, evaluate, source_definitions
+    from training.data import RealFaceDataset, extend_landmarks
+    from training.train import evaluate, source_definitions
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if not crop_multiplier > 0:
         raise ValueError(f"crop_multiplier must be > 0, got {crop_multiplier}")
-    _, val = build_datasets(config, model.config.input_size, model.config.crop_scale * crop_multiplier)
+    val = RealFaceDataset(validation_records(config) if records is None else records, size=model.config.input_size,
+                          augment=False, split="val", crop_scale=model.config.crop_scale * crop_multiplier)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=0)
     model = model.to(accelerator.device)
     loader = accelerator.prepare(loader)
@@ -61,6 +64,13 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
         results["source_definitions"] = evaluate(model, loader, accelerator, extend_landmarks, defs,
                                                  flip_test=flip_test)
     return results
+
+
+def validation_records(config: Any) -> list:
+    """The validation records of ``config``'s split, as :func:`training.train.build_datasets` selects them."""
+    from training.train import build_datasets
+
+    return build_datasets(config, config.model_config().input_size)[1].records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config(args.config, [])
     multipliers = args.crop_multiplier or [1.0]
+    records = validation_records(config)
     all_results: dict[str, dict[str, Any]] = {}
     for name in args.model:
         model = FaceRecon.from_pretrained(name).eval()
         for mult in multipliers:
-            res = own_validation(model, config, flip_test=args.flip_test, crop_multiplier=mult)
+            res = own_validation(model, config, flip_test=args.flip_test, crop_multiplier=mult, records=records)
             all_results.setdefault(name, {})[f"{mult:g}"] = res
             for kind, m in res.items():
                 tags = [kind] + (["flip test"] if args.flip_test else []) + ([f"crop x{mult:g}"] if mult != 1 else [])

@@ -373,6 +373,8 @@ def test_own_validation_benchmark_matches_definitions(ict_dir, tmp_path):
     assert flipped["nme"] != pytest.approx(res["nme"], rel=1e-6)
     unit = own_val.own_validation(model, cfg, crop_multiplier=1.0)["model_definition"]
     assert unit["nme"] == pytest.approx(res["nme"], rel=1e-6)
+    reused = own_val.own_validation(model, cfg, records=own_val.validation_records(cfg))["model_definition"]
+    assert reused["n"] == res["n"] and reused["nme"] == pytest.approx(res["nme"], rel=1e-6)
     tighter = own_val.own_validation(model, cfg, crop_multiplier=0.8)["model_definition"]
     assert tighter["n"] == res["n"] and tighter["nme"] != pytest.approx(res["nme"], rel=1e-3)
     with pytest.raises(ValueError, match="crop_multiplier"):
