@@ -68,9 +68,9 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
 
 def validation_records(config: Any) -> list:
     """The validation records of ``config``'s split, as :func:`training.train.build_datasets` selects them."""
-    from training.train import build_datasets
+    from training.train import validation_records as split_validation_records
 
-    return build_datasets(config, config.model_config().input_size)[1].records
+    return split_validation_records(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,6 +343,22 @@ def test_train_with_source_landmarks(ict_dir, tmp_path):
         source_definitions(bad, FaceRecon(bad.model_config()))
 
 
+def test_validation_records_match_build_datasets_without_the_training_set(ict_dir, tmp_path):
+    """train.validation_records gives build_datasets' validation records and never reads training-only labels."""
+    import dataclasses
+
+    from training.train import build_datasets, validation_records
+
+    cfg = _tiny_cfg(tmp_path / "a")
+    _, val = build_datasets(cfg, 64)
+    keys = [r.key for r in validation_records(cfg)]
+    assert keys == [r.key for r in val.records] and len(keys) == cfg.val_limit
+    missing = dataclasses.replace(cfg, pseudo_sources=["300w"], pseudo_dir=str(tmp_path / "no-pseudo"))
+    with pytest.raises(FileNotFoundError, match="pseudo-label file"):
+        build_datasets(missing, 64)
+    assert [r.key for r in validation_records(missing)] == keys
+
+
 def test_own_validation_benchmark_matches_definitions(ict_dir, tmp_path):
     """benchmarks/own_val.py: the model's own definition per source changes nothing, a shifted one does."""
     import dataclasses

@@ -96,12 +96,9 @@ def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float = CANONI
         input_size: crop side in pixels (the model's ``input_size``).
         crop_scale: the model's ``crop_scale`` (crop side over face side).
     """
-    from training.data import RealFaceDataset, format_split_sizes, make_splits, reweight_turned_jaw
+    from training.data import RealFaceDataset
 
-    splits = make_splits(seed=0, sources=cfg.sources)
-    logger.info("data splits:\n%s", format_split_sizes(splits))
-    splits = {k: reweight_turned_jaw(v, cfg.jaw_turned_weight, cfg.jaw_turned_side, cfg.jaw_turned_min_yaw)
-              for k, v in splits.items()}
+    splits = weighted_splits(cfg)
     if cfg.pseudo_sources:
         splits["train"] = with_pseudo_labels(splits["train"], cfg)
     if cfg.profiled:
@@ -113,11 +110,32 @@ def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float = CANONI
         splits["train"] = splits["train"] + profiled
     train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed,
                             crop_scale=crop_scale)
-    val_records = [r for r in splits["val"] if r.has_landmarks]
-    if cfg.val_limit:
-        val_records = val_records[:: max(1, len(val_records) // cfg.val_limit)][: cfg.val_limit]
-    val = RealFaceDataset(val_records, size=input_size, augment=False, split="val", crop_scale=crop_scale)
+    val = RealFaceDataset(select_validation(splits["val"], cfg), size=input_size, augment=False, split="val",
+                          crop_scale=crop_scale)
     return train, val
+
+
+def weighted_splits(cfg: TrainConfig) -> dict[str, list]:
+    """The deterministic 70/15/15 split of ``cfg.sources`` with the turned-jaw reweighting applied to every part."""
+    from training.data import format_split_sizes, make_splits, reweight_turned_jaw
+
+    splits = make_splits(seed=0, sources=cfg.sources)
+    logger.info("data splits:\n%s", format_split_sizes(splits))
+    return {k: reweight_turned_jaw(v, cfg.jaw_turned_weight, cfg.jaw_turned_side, cfg.jaw_turned_min_yaw)
+            for k, v in splits.items()}
+
+
+def select_validation(records: list, cfg: TrainConfig) -> list:
+    """The validation part's manually labelled records, thinned evenly to ``cfg.val_limit`` when it is set."""
+    out = [r for r in records if r.has_landmarks]
+    if cfg.val_limit:
+        out = out[:: max(1, len(out) // cfg.val_limit)][: cfg.val_limit]
+    return out
+
+
+def validation_records(cfg: TrainConfig) -> list:
+    """The records of :func:`build_datasets`' validation set, without building the training set or its labels."""
+    return select_validation(weighted_splits(cfg)["val"], cfg)
 
 
 def with_pseudo_labels(records: list, cfg: TrainConfig) -> list:
