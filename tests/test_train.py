@@ -190,6 +190,21 @@ def test_mix_batches_carries_rotations(tiny_model):
     assert torch.equal(mixed["rotation"][3:], synth["rotation"]) and mixed["has_vertices"].tolist() == [0, 0, 0, 1, 1]
 
 
+def test_synthetic_min_yaw_renders_turned_faces_only(tiny_model):
+    from training.config import TrainConfig
+    from training.synthetic import SyntheticFaces
+
+    yaw = SyntheticFaces(tiny_model, seed=0, yaw_min=45.0).batch(16, index=0)["yaw"]
+    assert yaw.abs().min().item() >= 45.0 - 1e-3 and yaw.abs().max().item() <= 90.0 + 1e-3
+    assert (yaw > 0).any() and (yaw < 0).any()
+    mixed = SyntheticFaces(tiny_model, seed=0).batch(16, index=0)["yaw"]
+    assert (mixed.abs() < 30.0 + 1e-3).sum().item() >= 4  # default: about half near-frontal
+    with pytest.raises(ValueError, match="yaw_min"):
+        SyntheticFaces(tiny_model, yaw_min=60.0, yaw_max=50.0)
+    with pytest.raises(ValueError, match="synthetic_min_yaw"):
+        TrainConfig(synthetic_min_yaw=95.0)
+
+
 def test_yaw_loss_analytic_clamped_masked_and_only_moves_yaw():
     from facerecon.geometry import euler_to_matrix
     from training.losses import yaw_loss

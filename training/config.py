@@ -61,6 +61,8 @@ class TrainConfig:
             whose turned views of 300-W training faces join the training split (None: none); every one must come
             from a face of this run's training split.
         synthetic_pitch_std: pitch spread of the synthetic faces (degrees).
+        synthetic_min_yaw: smallest |yaw| of the synthetic faces (degrees); 0 keeps the default mix (half
+            near-frontal, half uniform up to 90), > 0 renders turned faces only (|yaw| uniform in [min, 90]).
         synthetic_fraction: share of synthetic faces in each batch (0 until the renderer provides them).
         pseudo_sources: real sources whose missing targets are filled with MediaPipe pseudo-labels
             (``training/pseudo_label.py``; :func:`training.data.add_pseudo_labels`), training split only.
@@ -106,6 +108,7 @@ class TrainConfig:
     source_landmarks: dict[str, str] = field(default_factory=dict)
     profiled: str | None = None
     synthetic_pitch_std: float = 12.0
+    synthetic_min_yaw: float = 0.0
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 1e-3
@@ -153,6 +156,8 @@ class TrainConfig:
             raise ValueError(f"jaw_turned_side must be 'both' or 'far', got {self.jaw_turned_side!r}")
         if not 0 <= self.jaw_turned_min_yaw <= 90:
             raise ValueError(f"jaw_turned_min_yaw must be in [0, 90] degrees, got {self.jaw_turned_min_yaw}")
+        if not 0 <= self.synthetic_min_yaw <= 90:
+            raise ValueError(f"synthetic_min_yaw must be in [0, 90] degrees, got {self.synthetic_min_yaw}")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         unknown = set(self.sources) - {"300w", "aflw", "utkface"}

@@ -52,11 +52,16 @@ class SyntheticFaces:
         backgrounds: optional (M, S, S, 3) uint8 background images; by default patches are cut from the corners of
             the 300-W crops in the data root (or smooth random gradients when those are absent).
         yaw_max: largest |yaw| in degrees.
+        yaw_min: smallest |yaw| in degrees. 0 (default): half the faces are near-frontal (|yaw| <= 30) and half
+            uniform in +/- ``yaw_max``; > 0: all faces have |yaw| uniform in [yaw_min, yaw_max] with a random sign
+            (synthetic supervision for turned faces only, where real labels are scarce).
         pitch_std: standard deviation of the pitch in degrees (clipped at +/- 2.5 sigma, at most 60).
     """
 
     def __init__(self, model: Any, seed: int = 0, backgrounds: np.ndarray | None = None,
-                 yaw_max: float = 90.0, pitch_std: float = 12.0) -> None:
+                 yaw_max: float = 90.0, pitch_std: float = 12.0, yaw_min: float = 0.0) -> None:
+        if not 0 <= yaw_min <= yaw_max <= 90:
+            raise ValueError(f"need 0 <= yaw_min <= yaw_max <= 90 degrees, got yaw_min={yaw_min}, yaw_max={yaw_max}")
         if pitch_std < 0:
             raise ValueError(f"pitch_std must be >= 0, got {pitch_std}")
         self.model = model
@@ -64,6 +69,7 @@ class SyntheticFaces:
         self.pitch_std = pitch_std
         self.size = model.config.input_size
         self.yaw_max = yaw_max
+        self.yaw_min = yaw_min
         faces = model.morphable.faces.cpu().numpy()
         loops = boundary_loops(faces)[1:]  # all but the outer boundary: eye and mouth openings
         n = model.morphable.n_vertices
@@ -109,8 +115,11 @@ class SyntheticFaces:
         expression = (rng.random((n, 53)) < 0.12) * rng.uniform(0, 0.7, (n, 53))
         jaw = m.morphable.expression_names.index("jawOpen")
         expression[:, jaw] = (rng.random(n) < 0.3) * rng.uniform(0, 0.6, n)
-        frontal = rng.random(n) < 0.5
-        yaw = np.where(frontal, rng.uniform(-30, 30, n), rng.uniform(-self.yaw_max, self.yaw_max, n))
+        if self.yaw_min > 0:
+            yaw = rng.choice([-1.0, 1.0], n) * rng.uniform(self.yaw_min, self.yaw_max, n)
+        else:
+            frontal = rng.random(n) < 0.5
+            yaw = np.where(frontal, rng.uniform(-30, 30, n), rng.uniform(-self.yaw_max, self.yaw_max, n))
         pitch_max = min(60.0, 2.5 * self.pitch_std)
         pitch = np.clip(rng.normal(0, self.pitch_std, n), -pitch_max, pitch_max)
         roll = np.clip(rng.normal(0, 10, n), -35, 35)

@@ -333,7 +333,8 @@ def train(cfg: TrainConfig, resume: str | None = None, return_model: bool = Fals
     if n_synthetic:
         from training.synthetic import SyntheticFaces
 
-        synthetic = SyntheticFaces(model, seed=cfg.seed, pitch_std=cfg.synthetic_pitch_std)
+        synthetic = SyntheticFaces(model, seed=cfg.seed, pitch_std=cfg.synthetic_pitch_std,
+                                   yaw_min=cfg.synthetic_min_yaw)
     # Workers are not persistent so that set_epoch reaches them.
     train_loader = DataLoader(train_set, batch_size=max(1, per_device - n_synthetic),
                               sampler=EpochSampler(len(train_set), cfg.seed), drop_last=True, num_workers=cfg.workers)
