@@ -127,6 +127,28 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(TINY, ["model.input_size=100"])
 
 
+def test_config_base_chain_merges_sections_and_rejects_cycles(tmp_path):
+    (tmp_path / "a.yaml").write_text(
+        "lr: 0.001\nmax_steps: 7\nmodel: {input_size: 96}\nloss: {landmark: 2.0, yaw: 0.2}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nlr: 0.0003\nloss: {yaw: 0.5}\n")
+    cfg = load_config(tmp_path / "sub" / "b.yaml", ["loss.pose=0.1"])
+    assert cfg.lr == 3e-4 and cfg.max_steps == 7 and cfg.model == {"input_size": 96}
+    assert (cfg.loss.landmark, cfg.loss.yaw, cfg.loss.pose) == (2.0, 0.5, 0.1)
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ValueError, match="config base cycle"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((ROOT / "training" / "configs").glob("*.yaml"))
+    assert len(configs) > 10
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.max_steps > 0, path
+
+
 def _tiny_cfg(out: Path, *extra: str):
     return load_config(TINY, [f"output_dir={out}", *extra])
 

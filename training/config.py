@@ -208,19 +208,40 @@ def _parse_value(text: str) -> Any:
         return yaml.safe_load(text)
 
 
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One YAML config with its ``base:`` chain resolved (the file's keys win; ``model`` / ``loss`` merge)."""
+    import yaml
+
+    path = path.resolve()
+    if path in chain:
+        raise ValueError(f"config base cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"training config {path} must be a YAML mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / base, (*chain, path))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config and apply ``key=value`` overrides (dotted keys reach into ``model.`` and ``loss.``).
+
+    A config may start from another one with ``base: other.yaml`` (a path relative to the file): its keys replace
+    the base's, and the ``model`` / ``loss`` sections are merged key by key.
 
     Args:
         path: YAML file or None for the defaults.
         overrides: e.g. ``["lr=3e-4", "model.input_size=160", "loss.landmark=2"]``.
     """
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     known = {f.name for f in fields(TrainConfig)}
     for item in overrides or []:
         if "=" not in item:
