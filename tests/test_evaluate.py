@@ -20,6 +20,7 @@ from training.evaluate import (
     main,
     markdown_table,
     nme_68,
+    rotation_angle_deg,
     rotation_error_deg,
     scale_shift_aligned,
     signed_angle_difference,
@@ -61,6 +62,16 @@ def test_rotation_error_is_geodesic():
     assert err.tolist() == pytest.approx([0.0, 15.0, 0.0, 0.0, 20.0], abs=1e-4)
     with pytest.raises(ValueError, match="Euler"):
         rotation_error_deg(pred[:, :2], target[:, :2])
+
+
+def test_rotation_angle_of_matrices_is_the_relative_angle():
+    from facerecon.geometry import euler_to_matrix
+
+    ra = euler_to_matrix(torch.tensor([[0.3, 0.0, 0.0], [0.0, 0.2, 0.1], [1.5, 0.0, 0.0]], dtype=torch.float64))
+    rb = euler_to_matrix(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.2, 0.1], [1.5, 0.0, -0.4]], dtype=torch.float64))
+    assert rotation_angle_deg(ra, rb).tolist() == pytest.approx([math.degrees(0.3), 0.0, math.degrees(0.4)], abs=1e-6)
+    with pytest.raises(ValueError, match="rotation tensors"):
+        rotation_angle_deg(ra[:, :2], rb[:, :2])
 
 
 def test_metric_helpers():
@@ -118,6 +129,7 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     assert 0.0 <= saved["detection"]["all"] <= 1.0
     assert -1.0 <= saved["aflw2000"]["ssim"] <= 1.0
     assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0
+    assert 0.0 < saved["synthetic"]["rotation_error_deg"] <= 180.0 and 0 <= saved["synthetic"]["n_turned"] <= 8
     assert saved["timing"]["model_forward_ms"] > 0
     assert res["aflw2000"]["nme_all"] == pytest.approx(saved["aflw2000"]["nme_all"])
     for p in saved["aflw2000"]["per_image"]:  # regions partition the 68 points; alignment only lowers the error
