@@ -11,6 +11,9 @@ the visible labels' box. Each model sees crops at its own input size and crop sc
 model's own landmark definition and, when the config sets ``source_landmarks``, with those per-source definitions
 too; per source as well. Cross-measures like "model A under config B's definitions" come from one command.
 
+``--shift-test`` also averages the crops shifted by 7 % of their side in four directions
+(:data:`facerecon.models.facerecon.SHIFT_TEST_VIEWS`), as ``training.evaluate --shift-test`` and the app do.
+
 ``--crop-multiplier M`` (repeatable) feeds each model crops M times its own crop scale (M < 1: tighter, the face
 fills more of the input), with the same labels and normalisation: the probe that says whether a model would gain
 from fine-tuning at another crop scale.
@@ -25,11 +28,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
+class ViewStack(torch.utils.data.Dataset):
+    """Samples of several datasets over the same faces, their images stacked: (V, 3, S, S), the rest of view 0's."""
+
+    def __init__(self, views: list[Any]) -> None:
+        if len({len(v) for v in views}) != 1:
+            raise ValueError(f"view datasets differ in length: {[len(v) for v in views]}")
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.views[0])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        items = [v[index] for v in self.views]
+        return {**items[0], "image": torch.stack([it["image"] for it in items])}
+
+
+def view_records(records: list, views: torch.Tensor, crop_scale: float) -> list[list]:
+    """Per view ``(m, dx, dy)``, the records with their boxes shifted by ``(dx, dy)`` of the model's crop side.
+
+    A dataset at crop scale ``m * crop_scale`` then cuts exactly :func:`facerecon.geometry.view_boxes` of the model's
+    crop (the dataset scales each box about its centre by ``crop_scale / CANONICAL_CROP_SCALE``).
+    """
+    import dataclasses
+
+    from facerecon.geometry import view_boxes
+    from training.data import CANONICAL_CROP_SCALE
+
+    boxes = torch.from_numpy(np.stack([r.box for r in records]))
+    f = crop_scale / CANONICAL_CROP_SCALE
+    shifts = torch.cat([torch.ones(len(views), 1, dtype=torch.float64), views[:, 1:].double() * f], 1)
+    vb = view_boxes(boxes, shifts).numpy()
+    return [[dataclasses.replace(r, box=vb[i, k]) for i, r in enumerate(records)] for k in range(len(views))]
+
+
 def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bool = False,
-                   crop_multiplier: float = 1.0, records: list | None = None) -> dict[str, dict[str, float]]:
+                   crop_multiplier: float = 1.0, records: list | None = None,
+                   shift_test: bool = False) -> dict[str, dict[str, float]]:
     """Validation metrics of ``model`` (:func:`training.train.evaluate`) with its definition and the config's.
 
     Args:
@@ -40,6 +79,7 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
         crop_multiplier: crops are cut at ``crop_multiplier x model.config.crop_scale`` (1: the model's own crop).
         records: the validation records of ``config`` (:func:`validation_records`) when already built; they keep the
             canonical boxes, so one list serves every model and crop scale.
+        shift_test: also average the views of :data:`facerecon.models.facerecon.SHIFT_TEST_VIEWS`.
 
     Returns:
         ``{"model_definition": metrics}`` plus ``"source_definitions"`` when the config sets ``source_landmarks``.
@@ -48,21 +88,30 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
     from torch.utils.data import DataLoader
 
     from training.data import RealFaceDataset, extend_landmarks
+    from training.evaluate import test_views
     from training.train import evaluate, source_definitions
 
     if not crop_multiplier > 0:
         raise ValueError(f"crop_multiplier must be > 0, got {crop_multiplier}")
-    val = RealFaceDataset(validation_records(config) if records is None else records, size=model.config.input_size,
-                          augment=False, split="val", crop_scale=model.config.crop_scale * crop_multiplier)
+    records = validation_records(config) if records is None else records
+    crop_scale = model.config.crop_scale * crop_multiplier
+    views = test_views(shift_test)
+    if views is None:
+        val = RealFaceDataset(records, size=model.config.input_size, augment=False, split="val", crop_scale=crop_scale)
+    else:
+        val = ViewStack([RealFaceDataset(recs, size=model.config.input_size, augment=False, split="val",
+                                         crop_scale=crop_scale * float(v[0]))
+                         for recs, v in zip(view_records(records, views, crop_scale), views, strict=True)])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=0)
     model = model.to(accelerator.device)
     loader = accelerator.prepare(loader)
-    results = {"model_definition": evaluate(model, loader, accelerator, extend_landmarks, flip_test=flip_test)}
+    results = {"model_definition": evaluate(model, loader, accelerator, extend_landmarks, flip_test=flip_test,
+                                            views=views)}
     if config.source_landmarks:
         defs = {k: v.to(accelerator.device) for k, v in source_definitions(config, model).items()}
         results["source_definitions"] = evaluate(model, loader, accelerator, extend_landmarks, defs,
-                                                 flip_test=flip_test)
+                                                 flip_test=flip_test, views=views)
     return results
 
 
@@ -82,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="training config YAML whose validation split is measured")
     p.add_argument("--model", action="append", required=True, help="model folder or Hub id (repeatable)")
     p.add_argument("--flip-test", action="store_true", help="average each crop's prediction with its mirror image's")
+    p.add_argument("--shift-test", action="store_true",
+                   help="also average the crops shifted by 7%% of their side in four directions")
     p.add_argument("--crop-multiplier", type=float, action="append", default=None,
                    help="feed crops this many times the model's own crop scale (repeatable; default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -99,13 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.model:
         model = FaceRecon.from_pretrained(name).eval()
         for mult in multipliers:
-            res = own_validation(model, config, flip_test=args.flip_test, crop_multiplier=mult, records=records)
+            res = own_validation(model, config, flip_test=args.flip_test, crop_multiplier=mult, records=records,
+                                 shift_test=args.shift_test)
             all_results.setdefault(name, {})[f"{mult:g}"] = res
             for kind, m in res.items():
-                tags = [kind] + (["flip test"] if args.flip_test else []) + ([f"crop x{mult:g}"] if mult != 1 else [])
+                tags = ([kind] + (["flip test"] if args.flip_test else []) + (["shift test"] if args.shift_test else [])
+                        + ([f"crop x{mult:g}"] if mult != 1 else []))
                 sys.stdout.write(f"{name} [{', '.join(tags)}]: {format_validation(m, digits=5)}\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "flip_test": args.flip_test,
+                                               "shift_test": args.shift_test,
                                                "models": all_results}, indent=2))
     return 0
 

@@ -143,6 +143,11 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
                     "--skip", "detection", "ssim", "synthetic", "timing", "fairness"])
     assert flipped["flip_test"] and flipped["aflw2000"]["n_images"] == 8
     assert flipped["aflw2000"]["nme_all"] != pytest.approx(res["aflw2000"]["nme_all"], rel=1e-6)
+    shifted = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--flip-test", "--shift-test",
+                    "--skip", "detection", "synthetic", "timing", "fairness"])
+    assert shifted["shift_test"] and shifted["aflw2000"]["n_images"] == 8
+    assert shifted["aflw2000"]["nme_all"] != pytest.approx(flipped["aflw2000"]["nme_all"], rel=1e-6)
+    assert -1.0 <= shifted["aflw2000"]["ssim"] <= 1.0 and "Shift test" in markdown_table(shifted)
 
 
 def test_model_card_from_results(tmp_path):

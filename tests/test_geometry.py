@@ -32,6 +32,7 @@ from facerecon.geometry import (
     shade,
     vertex_face_incidence,
     vertex_normals,
+    view_boxes,
     weak_perspective_project,
 )
 
@@ -368,6 +369,19 @@ def test_box_from_points() -> None:
     torch.testing.assert_close(b3[:, 2] - b3[:, 0], b3[:, 3] - b3[:, 1])
     span = (pts3.amax(1) - pts3.amin(1)).amax(-1)
     torch.testing.assert_close(b3[:, 2] - b3[:, 0], 1.6 * span)
+
+
+def test_view_boxes() -> None:
+    box = torch.tensor([[0.0, 0.0, 10.0, 20.0]], dtype=torch.float64)
+    views = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [0.5, 0.0, -0.25], [2.0, -0.5, 0.5]])
+    got = view_boxes(box, views)
+    assert got.shape == (1, 4, 4) and got.dtype == torch.float64
+    want = torch.tensor([[[0.0, 0.0, 10.0, 20.0], [1.0, 0.0, 11.0, 20.0], [2.5, -0.0, 7.5, 10.0],
+                          [-10.0, 0.0, 10.0, 40.0]]], dtype=torch.float64)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(view_boxes(box, views[:1])[:, 0], box) and not box.requires_grad
+    with pytest.raises(ValueError, match="views"):
+        view_boxes(box, views[:, :2])
 
 
 def test_box_helpers() -> None:

@@ -315,3 +315,52 @@ def test_mirror_expression_index_swaps_sides():
     assert mirror_expression_index(names) == [1, 0, 4, 3, 2]
     with pytest.raises(ValueError, match="eyeBlink_L"):
         mirror_expression_index(("eyeBlink_L", "jawOpen"))
+
+
+def test_merge_views_maps_each_view_into_the_crop_frame(tiny_model):
+    """A view's prediction, merged alone, projects where the view's pixels lie in the face's crop and image."""
+    from facerecon.geometry import crop_to_image, view_boxes
+
+    torch.manual_seed(3)
+    s = tiny_model.config.input_size
+    x = torch.rand(2, 3, s, s)
+    views = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.07, -0.05], [1.1, -0.07, 0.03]])
+    box = torch.tensor([[10.0, 20.0, 110.0, 120.0], [0.0, 0.0, 64.0, 64.0]])
+    with torch.no_grad():
+        out = tiny_model(x, landmarks_only=True)
+        c = (s - 1) / 2.0
+        for k in range(len(views)):
+            m, dx, dy = views[k].tolist()
+            merged = tiny_model.decode(tiny_model.merge_views(out.params, views[k:k + 1]), landmarks_only=True)
+            want = c + m * (out.landmarks_2d - c) + torch.tensor([dx, dy]) * s  # view pixels in the crop frame
+            assert torch.allclose(merged.landmarks_2d, want, atol=1e-4)
+            # The same points in the image: through the view's own box, and through the crop's box after merging.
+            vb = view_boxes(box, views[k:k + 1])[:, 0]
+            assert torch.allclose(crop_to_image(out.landmarks_2d, vb, s), crop_to_image(merged.landmarks_2d, box, s),
+                                  atol=1e-3)
+            assert torch.allclose(merged.params.rotation, out.params.rotation, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple"):
+        tiny_model.merge_views(out.params, views[:2][None].expand(3, 2, 3).reshape(-1, 3)[:3])
+    with pytest.raises(ValueError, match=r"\(V, 3\)"):
+        tiny_model.merge_views(out.params, views[:, :2])
+
+
+def test_forward_with_views_averages_the_mapped_views(tiny_model):
+    from facerecon.models.facerecon import SHIFT_TEST_VIEWS, average_parameters
+
+    torch.manual_seed(4)
+    s = tiny_model.config.input_size
+    views = torch.tensor(SHIFT_TEST_VIEWS)
+    x = torch.rand(2, len(views), 3, s, s)
+    with torch.no_grad():
+        got = tiny_model(x, flip_test=True, views=views)
+        per_view = [tiny_model(x[:, k], flip_test=True) for k in range(len(views))]
+        mapped = [tiny_model.merge_views(p.params, views[k:k + 1]) for k, p in enumerate(per_view)]
+        want = tiny_model.decode(average_parameters(*mapped))
+    assert got.landmarks_2d.shape == (2, 68, 2)
+    assert torch.allclose(got.landmarks_2d, want.landmarks_2d, atol=1e-4)
+    assert torch.allclose(got.params.rotation, want.params.rotation, atol=1e-5)
+    assert torch.allclose(got.attention, per_view[0].attention, atol=1e-6)
+    assert not torch.allclose(got.landmarks_2d, per_view[0].landmarks_2d, atol=1e-3)
+    with pytest.raises(ValueError, match=r"\(B, V, 3"):
+        tiny_model(x[:, 0], views=views)

@@ -46,6 +46,15 @@ def test_onnx_backend_reconstruct_matches_torch(tiny_model, exported, astronaut)
     got_f = Reconstructor(tiny_model, backend="onnx", onnx_path=exported, flip_test=True)(astronaut, box=box)[0]
     assert np.abs(ref_f.landmarks - got_f.landmarks).max() < 1e-2 and abs(ref_f.yaw - got_f.yaw) < 1e-3
     assert np.abs(ref_f.landmarks - ref.landmarks).max() > 1e-3  # the flip test changes the result
+    ref_s = Reconstructor(tiny_model, flip_test=True, shift_test=True)(astronaut, box=box)[0]
+    got_s = Reconstructor(tiny_model, backend="onnx", onnx_path=exported, flip_test=True, shift_test=True)(
+        astronaut, box=box)[0]
+    assert np.abs(ref_s.landmarks - got_s.landmarks).max() < 1e-2 and abs(ref_s.yaw - got_s.yaw) < 1e-3
+    assert np.abs(ref_s.landmarks - ref_f.landmarks).max() > 1e-3  # the shift test changes the result
+    from facerecon.inference.crop import crop_face
+
+    size = tiny_model.config.input_size  # the reported crop is the face's own crop (view 0), not a shifted one
+    assert np.array_equal(ref_s.crop, crop_face(np.asarray(astronaut), ref_s.box, size))
 
 
 def test_cached_export_and_errors(tiny_model, tmp_path):

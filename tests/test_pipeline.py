@@ -171,14 +171,20 @@ def test_textured_exports(model, astronaut, tmp_path):
         face.to_trimesh(colors="none", texture=True)
 
 
-def test_flip_test_is_on_by_default_in_cli_and_app(monkeypatch):
+def test_flip_and_shift_tests_are_on_by_default_in_cli_and_app(monkeypatch):
     import app
     from facerecon import cli
 
     parser = cli.build_parser()
     assert parser.parse_args(["reconstruct", "a.jpg", "-o", "out"]).flip_test is True
     assert parser.parse_args(["reconstruct", "a.jpg", "-o", "out", "--no-flip-test"]).flip_test is False
+    assert parser.parse_args(["reconstruct", "a.jpg", "-o", "out"]).shift_test is True
+    assert parser.parse_args(["reconstruct", "a.jpg", "-o", "out", "--no-shift-test"]).shift_test is False
     monkeypatch.delenv("FACERECON_FLIP_TEST", raising=False)
     assert app.parse_args([]).flip_test is True and app.parse_args(["--no-flip-test"]).flip_test is False
     monkeypatch.setenv("FACERECON_FLIP_TEST", "0")
     assert app.parse_args([]).flip_test is False
+    monkeypatch.delenv("FACERECON_SHIFT_TEST", raising=False)
+    assert app.parse_args([]).shift_test is True and app.parse_args(["--no-shift-test"]).shift_test is False
+    monkeypatch.setenv("FACERECON_SHIFT_TEST", "false")
+    assert app.parse_args([]).shift_test is False

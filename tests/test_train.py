@@ -424,6 +424,8 @@ def test_own_validation_benchmark_matches_definitions(ict_dir, tmp_path):
     assert moved["source_definitions"]["nme"] > 1.2 * res["nme"]
     flipped = own_val.own_validation(model, cfg, flip_test=True)["model_definition"]
     assert flipped["nme"] != pytest.approx(res["nme"], rel=1e-6)
+    shifted = own_val.own_validation(model, cfg, flip_test=True, shift_test=True)["model_definition"]
+    assert shifted["n"] == res["n"] and shifted["nme"] != pytest.approx(flipped["nme"], rel=1e-6)
     unit = own_val.own_validation(model, cfg, crop_multiplier=1.0)["model_definition"]
     assert unit["nme"] == pytest.approx(res["nme"], rel=1e-6)
     reused = own_val.own_validation(model, cfg, records=own_val.validation_records(cfg))["model_definition"]

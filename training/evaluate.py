@@ -241,22 +241,38 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 
     return s.mean(1, keepdim=True)
 
 
-def _crops_from_landmarks(images: list[np.ndarray], landmarks: np.ndarray, size: int,
-                          scale: float) -> tuple[torch.Tensor, np.ndarray]:
-    """Protocol crops: (B, 3, S, S) in [0, 1] cut from the boxes of (B, 68, 2) landmarks, and those (B, 4) boxes."""
-    from facerecon.geometry import box_from_points
+def _crops_from_landmarks(images: list[np.ndarray], landmarks: np.ndarray, size: int, scale: float,
+                          views: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Protocol crops cut from the boxes of (B, 68, 2) landmarks, and those (B, 4) boxes.
+
+    The crops are (B, 3, S, S) in [0, 1], or (B, V, 3, S, S) with (V, 3) ``views``
+    (:func:`facerecon.geometry.view_boxes` of each box, as :meth:`FaceRecon.forward` takes them).
+    """
+    from facerecon.geometry import box_from_points, view_boxes
     from facerecon.inference.crop import crop_face
 
     boxes = box_from_points(torch.from_numpy(np.asarray(landmarks, dtype=np.float64)), scale).numpy()
-    crops = np.stack([crop_face(img, box, size) for img, box in zip(images, boxes, strict=True)])
-    return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0, boxes
+    if views is None:
+        crops = np.stack([crop_face(img, box, size) for img, box in zip(images, boxes, strict=True)])
+        return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0, boxes
+    vb = view_boxes(torch.from_numpy(boxes), views.double()).numpy()
+    crops = np.stack([[crop_face(img, b, size) for b in bs] for img, bs in zip(images, vb, strict=True)])
+    return torch.from_numpy(crops).permute(0, 1, 4, 2, 3).float() / 255.0, boxes
 
 
-def _crop_batch(items: list[Aflw2000Item], size: int, scale: float) -> tuple[torch.Tensor, np.ndarray]:
+def _crop_batch(items: list[Aflw2000Item], size: int, scale: float,
+                views: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
     from facerecon.inference.image_io import load_image
 
     return _crops_from_landmarks([load_image(it.image_path) for it in items],
-                                 np.stack([it.landmarks for it in items]), size, scale)
+                                 np.stack([it.landmarks for it in items]), size, scale, views)
+
+
+def test_views(shift_test: bool) -> torch.Tensor | None:
+    """The (V, 3) views of the shift test (:data:`facerecon.models.facerecon.SHIFT_TEST_VIEWS`), or None."""
+    from facerecon.models.facerecon import SHIFT_TEST_VIEWS
+
+    return torch.tensor(SHIFT_TEST_VIEWS) if shift_test else None
 
 
 def masked_ssim(out: Any, model: Any, images: torch.Tensor) -> list[float]:
@@ -269,10 +285,12 @@ def masked_ssim(out: Any, model: Any, images: torch.Tensor) -> list[float]:
 
 
 def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 32,
-                      with_ssim: bool = True, flip_test: bool = False) -> dict[str, Any]:
+                      with_ssim: bool = True, flip_test: bool = False, shift_test: bool = False) -> dict[str, Any]:
     """Landmark NME per yaw bin, pose MAE and (optionally) masked SSIM of the re-rendered face.
 
-    ``flip_test`` averages each crop's prediction with its mirrored crop's (:meth:`FaceRecon.forward`).
+    ``flip_test`` averages each crop's prediction with its mirrored crop's (:meth:`FaceRecon.forward`);
+    ``shift_test`` also averages the crops of :data:`~facerecon.models.facerecon.SHIFT_TEST_VIEWS` (shifted protocol
+    boxes; the SSIM is that of the protocol crop).
 
     Diagnosis rows (nothing here feeds back into a model): ``nme_aligned`` after a per-face similarity alignment;
     ``nme_scale_shift`` after a per-face scale + translation fit (:func:`scale_shift_aligned`), and
@@ -284,16 +302,18 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
     from facerecon.geometry import crop_to_image, euler_to_matrix
 
     size, scale = model.config.input_size, model.config.crop_scale
+    views = test_views(shift_test)
     per_image: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        x, boxes = _crop_batch(chunk, size, scale)
+        x, boxes = _crop_batch(chunk, size, scale, views)
         with torch.inference_mode():
-            out = model(x, flip_test=flip_test)
+            out = model(x, flip_test=flip_test, views=views)
             box_t = torch.from_numpy(boxes).float()
             lmk = crop_to_image(out.landmarks_2d, box_t, size).numpy()
             euler = np.degrees(out.euler.numpy())
-            ssim = masked_ssim(out, model, x) if with_ssim else [float("nan")] * len(chunk)
+            crops = x if views is None else x[:, 0]
+            ssim = masked_ssim(out, model, crops) if with_ssim else [float("nan")] * len(chunk)
             gt = torch.tensor([[it.yaw, it.pitch, it.roll] for it in chunk], dtype=torch.float64)
             gt_rot = euler_to_matrix(torch.deg2rad(gt)).to(out.params.rotation.dtype)
             oracle = model.decode(dataclasses.replace(out.params, rotation=gt_rot), landmarks_only=True)
@@ -369,23 +389,25 @@ def detection_rate(items: list[Aflw2000Item], detector: Any = None) -> dict[str,
     return out
 
 
-def timing(model: Any, items: list[Aflw2000Item], repeats: int = 30, flip_test: bool = False) -> dict[str, float]:
-    """Median ms of the model forward (batch 1) and of the whole pipeline with detection."""
+def timing(model: Any, items: list[Aflw2000Item], repeats: int = 30, flip_test: bool = False,
+           shift_test: bool = False) -> dict[str, float]:
+    """Median ms of the model forward (batch 1; all the views with ``shift_test``) and of the whole pipeline."""
     size = model.config.input_size
-    x = torch.rand(1, 3, size, size)
+    views = test_views(shift_test)
+    x = torch.rand(1, 3, size, size) if views is None else torch.rand(1, len(views), 3, size, size)
     with torch.inference_mode():
         for _ in range(3):
-            model(x, flip_test=flip_test)
+            model(x, flip_test=flip_test, views=views)
         t = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model(x, flip_test=flip_test)
+            model(x, flip_test=flip_test, views=views)
             t.append((time.perf_counter() - t0) * 1e3)
     pipe = []
     for it in items[: max(3, min(repeats, len(items)))]:
         t0 = time.perf_counter()
         try:
-            model.reconstruct(it.image_path, max_faces=1, flip_test=flip_test)
+            model.reconstruct(it.image_path, max_faces=1, flip_test=flip_test, shift_test=shift_test)
         except Exception:  # no face: still a pipeline run
             pass
         pipe.append((time.perf_counter() - t0) * 1e3)
@@ -430,7 +452,8 @@ def default_pseudo_labels() -> Path:
 
 
 def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path, batch_size: int = 64,
-                      limit: int | None = None, with_detection: bool = True, flip_test: bool = False) -> dict[str, Any]:
+                      limit: int | None = None, with_detection: bool = True, flip_test: bool = False,
+                      shift_test: bool = False) -> dict[str, Any]:
     """Landmark NME, SSIM and detection rate per UTKFace race group (and gender) against MediaPipe pseudo-labels.
 
     UTKFace is never used for training. Each face is cropped as in the AFLW2000-3D protocol, from the box of its 68
@@ -461,12 +484,13 @@ def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path
         chunk = labelled[start:start + batch_size]
         imgs = [load_image(utk_dir / "images" / r["name"]) for r, _ in chunk]
         gts = np.stack([pts.astype(np.float64) for _, pts in chunk])
-        x, boxes = _crops_from_landmarks(imgs, gts, size, scale)
+        views = test_views(shift_test)
+        x, boxes = _crops_from_landmarks(imgs, gts, size, scale, views)
         with torch.inference_mode():
-            out = model(x, flip_test=flip_test)
+            out = model(x, flip_test=flip_test, views=views)
             box_t = torch.from_numpy(boxes).float()
             lmk = crop_to_image(out.landmarks_2d, box_t, size).numpy()
-            ssim = masked_ssim(out, model, x)
+            ssim = masked_ssim(out, model, x if views is None else x[:, 0])
         for k, (row, _) in enumerate(chunk):
             hit = float(box_contains_centre(detector(imgs[k]), gts[k])) if detector is not None else float("nan")
             per_face.append({"name": row["name"], "race": UTK_RACES[int(row["race"])],
@@ -549,6 +573,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         rows.append(("Pipeline (ms per photo)", f"{results['timing']['pipeline_ms']:.1f}"))
     if results.get("flip_test"):
         rows.append(("Flip test (mirrored crop averaged)", "yes"))
+    if results.get("shift_test"):
+        rows.append(("Shift test (4 shifted crops averaged; not the synthetic faces)", "yes"))
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 
@@ -571,6 +597,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--per-face", action="store_true", help="also write the fairness slice's per-face rows")
     parser.add_argument("--flip-test", action="store_true",
                         help="average each crop's prediction with its mirrored crop's (about 2x the regressor's time)")
+    parser.add_argument("--shift-test", action="store_true",
+                        help="also average the crops shifted by 7%% of their side in four directions (5x the "
+                             "regressor's time; the synthetic faces are rendered crops and stay single-view)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -580,21 +609,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(args.model)
     items = load_aflw2000(args.data, args.limit)
     results: dict[str, Any] = {"model": str(args.model or "default"), "data": str(args.data),
-                               "flip_test": args.flip_test}
-    results["aflw2000"] = evaluate_aflw2000(model, items, with_ssim="ssim" not in args.skip, flip_test=args.flip_test)
+                               "flip_test": args.flip_test, "shift_test": args.shift_test}
+    results["aflw2000"] = evaluate_aflw2000(model, items, with_ssim="ssim" not in args.skip, flip_test=args.flip_test,
+                                            shift_test=args.shift_test)
     if "detection" not in args.skip:
         results["detection"] = detection_rate(items)
     if "synthetic" not in args.skip:
         results["synthetic"] = synthetic_vertex_error(model, n=args.synthetic, flip_test=args.flip_test)
     if "timing" not in args.skip:
-        results["timing"] = timing(model, items, flip_test=args.flip_test)
+        results["timing"] = timing(model, items, flip_test=args.flip_test, shift_test=args.shift_test)
     if "fairness" not in args.skip:
         utk = args.fairness_data or Path(__file__).resolve().parents[1].parent / "shared" / "utkface"
         labels = args.pseudo_labels or default_pseudo_labels()
         if utk.is_dir() and labels.is_file():
             results["fairness"] = evaluate_fairness(model, utk, labels, limit=args.limit,
                                                     with_detection="detection" not in args.skip,
-                                                    flip_test=args.flip_test)
+                                                    flip_test=args.flip_test, shift_test=args.shift_test)
         else:
             logger.warning("fairness slice skipped: needs %s and %s (make the labels with training/pseudo_label.py)",
                            utk, labels)

@@ -33,6 +33,7 @@ from facerecon.geometry.camera import (
     image_to_crop,
     model_to_camera,
     scale_box,
+    view_boxes,
     weak_perspective_project,
 )
 from facerecon.geometry.mesh import face_normals, gather_vertices, vertex_face_incidence, vertex_normals
@@ -77,5 +78,6 @@ __all__ = [
     "shade",
     "vertex_face_incidence",
     "vertex_normals",
+    "view_boxes",
     "weak_perspective_project",
 ]

@@ -190,6 +190,28 @@ def scale_box(box: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=-1)
 
 
+def view_boxes(box: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Boxes of test-time views of a crop: each box scaled about its centre and shifted by a fraction of its side.
+
+    Args:
+        box: (B, 4) boxes ``[x0, y0, x1, y1]``.
+        views: (V, 3) views ``(m, dx, dy)``: side multiplier ``m`` and centre shift ``(dx * width, dy * height)``.
+
+    Returns:
+        (B, V, 4) view boxes; the view ``(1, 0, 0)`` is the box itself.
+
+    Convention: continuous edge coordinates (see :mod:`facerecon.geometry`); x right, y down.
+    """
+    if box.shape[-1] != 4 or views.ndim != 2 or views.shape[-1] != 3:
+        raise ValueError(f"view_boxes expects (B, 4) boxes and (V, 3) views, got {tuple(box.shape)} and "
+                         f"{tuple(views.shape)}")
+    v = views.to(device=box.device, dtype=box.dtype)
+    size = (box[..., 2:] - box[..., :2])[..., None, :]  # (B, 1, 2)
+    centre = 0.5 * (box[..., :2] + box[..., 2:])[..., None, :] + v[:, 1:] * size
+    half = 0.5 * size * v[:, :1]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
 def box_area(box: torch.Tensor) -> torch.Tensor:
     """Area of boxes.
 

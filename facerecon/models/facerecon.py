@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The shift test's views ``(m, dx, dy)`` (see :func:`facerecon.geometry.view_boxes`): the crop itself and the crop
+#: shifted by 7 % of its side left, right, up and down. Chosen on the training side's validation split
+#: (``benchmarks/own_val.py --shift-test``): of shifts 3-10 % and scale multipliers 0.9-1.1 in sets of 2-9 views, the
+#: five views at 7 % scored best (NME 0.05461 -> 0.05355 with the flip test for v26); four diagonal views at 5 % or
+#: nine views did not score better.
+SHIFT_TEST_VIEWS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.0, 0.0), (1.0, 0.07, 0.0), (1.0, -0.07, 0.0), (1.0, 0.0, 0.07), (1.0, 0.0, -0.07))
+
 MODEL_CARD_TEMPLATE = """
 ---
 {{ card_data }}
@@ -279,45 +287,97 @@ class FaceRecon(
                                colors=colors, attention=attention)
 
     def forward(self, images: torch.Tensor, landmarks_only: bool = False, backbone: nn.Module | None = None,
-                flip_test: bool = False) -> FaceReconOutput:
+                flip_test: bool = False, views: torch.Tensor | None = None) -> FaceReconOutput:
         """Reconstruct faces from crops.
 
         Args:
-            images: (B, 3, S, S) RGB face crops in [0, 1], S = ``config.input_size``.
+            images: (B, 3, S, S) RGB face crops in [0, 1], S = ``config.input_size``; with ``views``
+                (B, V, 3, S, S), crop ``v`` of a face cut from the box :func:`facerecon.geometry.view_boxes` gives
+                for view ``v``.
             landmarks_only: skip the dense mesh (see :meth:`decode`).
             backbone: run this feature extractor instead of ``self.backbone`` (the inference pipeline passes a
                 BatchNorm-folded copy, see :mod:`facerecon.models.fuse`).
             flip_test: also regress the horizontally flipped crops and average each face's parameters with the
                 mirror image of its flipped prediction (:meth:`merge_flipped`): about twice the regressor's cost,
                 more accurate landmarks and pose. ``attention`` is then that of the unflipped crops.
+            views: optional (V, 3) test-time views ``(m, dx, dy)`` of each face (e.g. :data:`SHIFT_TEST_VIEWS`):
+                every view is regressed and the predictions, mapped to the frame of the crop ``(1, 0, 0)``, are
+                averaged (:meth:`merge_views`): about V times the regressor's cost. The outputs are in that crop's
+                frame; ``attention`` is that of view 0.
 
         Returns:
             :class:`FaceReconOutput`.
         """
         size = self.config.input_size
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
-            raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        lead = 5 if views is not None else 4
+        if images.ndim != lead or images.shape[-3] != 3 or images.shape[-2:] != (size, size):
+            shape = "(B, V, 3, {0}, {0})" if views is not None else "(B, 3, {0}, {0})"
+            raise ValueError(f"expected images of shape {shape.format(size)}, got {tuple(images.shape)}")
+
         def run(x: torch.Tensor) -> tuple[FaceParameters, torch.Tensor]:
             tokens, attention = self.head((backbone or self.backbone)(x))
             return self.regress(tokens), attention
 
-        params, attention = self.regress_crops(images, run, flip_test)
+        params, attention = self.regress_crops(images, run, flip_test, views)
         return self.decode(params, attention=attention, landmarks_only=landmarks_only)
 
     def regress_crops(self, images: torch.Tensor,
                       regressor: Callable[[torch.Tensor], tuple[FaceParameters, torch.Tensor]],
-                      flip_test: bool = False) -> tuple[FaceParameters, torch.Tensor]:
-        """Run ``regressor`` (crops -> parameters, attention) on (B, 3, S, S) crops, with the optional flip test.
+                      flip_test: bool = False,
+                      views: torch.Tensor | None = None) -> tuple[FaceParameters, torch.Tensor]:
+        """Run ``regressor`` (crops -> parameters, attention) on crops, with the optional flip and view tests.
 
-        With ``flip_test`` the regressor sees the crops followed by their mirror images in one batch and the two
-        predictions are merged (:meth:`merge_flipped`); the attention is that of the unflipped crops. The torch
-        forward and the ONNX back-end share this.
+        Args:
+            images: (B, 3, S, S) crops, or (B, V, 3, S, S) crops of the ``views``.
+            regressor: the network, (N, 3, S, S) -> (N) parameters and (N, T, ...) attention.
+            flip_test: the regressor also sees the mirror images (in the same batch) and each crop's prediction is
+                merged with its mirror's (:meth:`merge_flipped`).
+            views: optional (V, 3) views ``(m, dx, dy)`` of ``images`` (:meth:`merge_views` averages them).
+
+        Returns:
+            (B) parameters and the attention of the unflipped crops (of view 0). The torch forward and the ONNX
+            back-end share this.
         """
         b = images.shape[0]
-        params, attention = regressor(torch.cat([images, images.flip(-1)]) if flip_test else images)
+        flat = images.flatten(0, 1) if views is not None else images
+        n = flat.shape[0]
+        params, attention = regressor(torch.cat([flat, flat.flip(-1)]) if flip_test else flat)
         if flip_test:
-            params, attention = self.merge_flipped(params), attention[:b]
+            params, attention = self.merge_flipped(params), attention[:n]
+        if views is not None:
+            params = self.merge_views(params, views)
+            attention = attention.unflatten(0, (b, -1))[:, 0]
         return params, attention
+
+    def merge_views(self, params: FaceParameters, views: torch.Tensor) -> FaceParameters:
+        """Average the predictions of several views of each face in the frame of its crop ``(1, 0, 0)``.
+
+        A view's crop is the face's crop scaled by ``m`` about its centre and shifted by ``(dx, dy)`` of its side
+        (:func:`facerecon.geometry.view_boxes`), so its pixel ``u`` lies at ``c + m (u - c) + (dx, dy) S`` of the
+        face's crop (``c`` the principal point): the scale becomes ``m * scale`` and the translation gains
+        ``(dx, dy) S / (m * scale)`` mm; the mapped predictions are averaged with :func:`average_parameters`.
+
+        Args:
+            params: (B * V) parameters, face-major (the V views of face 0 first).
+            views: (V, 3) views ``(m, dx, dy)``.
+
+        Returns:
+            (B) parameters.
+
+        Convention: 0-based pixel centres; x right, y down; the views as in :func:`facerecon.geometry.view_boxes`.
+        """
+        if views.ndim != 2 or views.shape[-1] != 3 or views.shape[0] < 1:
+            raise ValueError(f"views must be (V, 3) rows (m, dx, dy), got shape {tuple(views.shape)}")
+        n_views, n = views.shape[0], params.scale.shape[0]
+        if n % n_views:
+            raise ValueError(f"merge_views got {n} predictions for {n_views} views per face (not a multiple)")
+        v = views.to(device=params.scale.device, dtype=params.scale.dtype)
+        m = v[:, 0].repeat(n // n_views)
+        shift = v[:, 1:].repeat(n // n_views, 1) * float(self.config.input_size)
+        scale = params.scale * m
+        translation = params.translation + torch.nn.functional.pad(shift / scale[:, None], (0, 1))
+        mapped = dataclasses.replace(params, scale=scale, translation=translation)
+        return average_parameters(*[mapped[k::n_views] for k in range(n_views)])
 
     def mirror_parameters(self, params: FaceParameters) -> FaceParameters:
         """Parameters of the mirror-image faces: what the regressor should predict for horizontally flipped crops.
@@ -371,7 +431,7 @@ class FaceRecon(
         return to_screen(points_cam, scale, self.principal_point(points_cam.shape[0], points_cam))
 
     def reconstruct(self, image: Any, box: Any = None, backend: str = "torch", flip_test: bool = True,
-                    **kwargs: Any) -> list[Reconstruction]:
+                    shift_test: bool = True, **kwargs: Any) -> list[Reconstruction]:
         """Reconstruct every face in a photo (see :class:`facerecon.inference.pipeline.Reconstructor`).
 
         Args:
@@ -380,6 +440,8 @@ class FaceRecon(
             backend: "torch" (default) or "onnx" (onnxruntime runs the regressor, exported once into the cache).
             flip_test: average with the mirrored crop's prediction (see :meth:`forward`; the evaluated default,
                 False halves the regressor time).
+            shift_test: also average the crops shifted by 7 % of their side in four directions
+                (:data:`SHIFT_TEST_VIEWS`; the evaluated default, False divides the regressor time by five).
             **kwargs: forwarded to :meth:`Reconstructor.__call__` (e.g. ``max_faces``).
 
         Returns:
@@ -388,9 +450,9 @@ class FaceRecon(
         from facerecon.inference.pipeline import Reconstructor
 
         cache = self.__dict__.setdefault("_reconstructors", {})
-        key = (backend, bool(flip_test))
+        key = (backend, bool(flip_test), bool(shift_test))
         if key not in cache:
-            cache[key] = Reconstructor(self, backend=backend, flip_test=flip_test)
+            cache[key] = Reconstructor(self, backend=backend, flip_test=flip_test, shift_test=shift_test)
         return cache[key](image, box=box, **kwargs)
 
     def export_onnx(self, path: str | Path, check: bool = True, atol: float = 1e-4) -> Path:
