@@ -171,8 +171,11 @@ def test_model_card_from_results(tmp_path):
     cfg = {"model": {"backbone": "x", "landmarks": "refined-v3"}, "pseudo_sources": ["aflw"], "pseudo_jaw_max_yaw": 30,
            "pseudo_jaw_depth": False, "loss": {"yaw": 0.2}}
     flipped = render_card(dict(ev, flip_test=True), {"config": cfg}, "cmd --flip-test", plain=plain)
-    assert "Measured with the flip test" in flipped and "| NME balanced / pose MAE mean, without the flip test | " \
-        "5.00 / 2.50 |" in flipped
+    assert "Measured with the flip test" in flipped and "| NME balanced / pose MAE mean, single pass (no flip or " \
+        "shift test) | 5.00 / 2.50 |" in flipped and "With the shift test" not in flipped
+    shifted = render_card(dict(ev, flip_test=True, shift_test=True), {"config": cfg}, "cmd",
+                          plain=dict(plain, flip_test=True))
+    assert "With the shift test (`--shift-test`" in shifted and "mean, with the flip test | 5.00 / 2.50 |" in shifted
     assert "|yaw| <= 30 deg, without jaw depth" in flipped and "ear-lobe labels" in flipped and "Yaw: AFLW" in flipped
     assert "Pose pseudo-labels" not in flipped and "about 17 mm behind" in flipped
     v4 = render_card(ev, {"config": dict(cfg, model={"landmarks": "refined-v4"})}, "cmd")
