@@ -11,7 +11,9 @@ Stages, each timed once per image over ``--images`` photos after a warm-up (batc
   landmarks, regress with the mesh, assemble the result);
 - ``reconstruct(detect)``: the same with face detection;
 - ``forward, flip test`` and ``reconstruct(detect), flip test``: with ``flip_test=True`` (the mirrored crop is
-  regressed too and averaged; the app's and CLI's default);
+  regressed too and averaged);
+- ``forward, flip + shift test`` and ``reconstruct(detect), flip + shift test``: also ``shift_test=True`` (4 crops
+  shifted by 7 % of the side are regressed too, 10 regressions per face; the app's and CLI's default);
 - ``export GLB``: writing the reconstructed mesh as GLB (vertex colours), and ``export GLB (textured)``.
 
 Photos are AFLW2000-3D dev images when ``--data`` exists (else the scikit-image astronaut, resized). The face box for
@@ -84,9 +86,11 @@ def peak_rss_mb() -> float:
 def run(model_source: str | None, data: Path | None, n_images: int, threads: int, backends: Sequence[str],
         batch: int = 32, onnx_threads: int | None = None) -> dict[str, Any]:
     """Time every stage for each back-end; returns the results dict (see the module docstring)."""
+    from facerecon.geometry import view_boxes
     from facerecon.hub import load_model
     from facerecon.inference.crop import crop_face
     from facerecon.inference.pipeline import Reconstructor
+    from facerecon.models.facerecon import SHIFT_TEST_VIEWS
 
     torch.set_num_threads(threads)
     model = load_model(model_source, allow_untrained=True)
@@ -101,6 +105,12 @@ def run(model_source: str | None, data: Path | None, n_images: int, threads: int
             kept.append(img)
     crops = [torch.from_numpy(crop_face(img, reference.crop_from_detection(b), size)).permute(2, 0, 1)[None]
              .float().div(255) for img, b in zip(kept, boxes, strict=True)]
+    views = torch.tensor(SHIFT_TEST_VIEWS, dtype=torch.float64)
+    view_crops = []
+    for img, b in zip(kept, boxes, strict=True):
+        vb = view_boxes(torch.as_tensor(reference.crop_from_detection(b))[None], views)[0].numpy()
+        view_crops.append(torch.from_numpy(np.stack([crop_face(img, v, size) for v in vb])).permute(0, 3, 1, 2)[None]
+                          .float().div(255))
     rows: list[dict[str, Any]] = []
 
     def add(stage: str, backend: str, ms: list[float]) -> None:
@@ -121,6 +131,11 @@ def run(model_source: str | None, data: Path | None, n_images: int, threads: int
         flip = Reconstructor(model, backend=backend, onnx_threads=onnx_threads, flip_test=True)
         add("forward, flip test", backend, time_each(lambda x, r=flip: r.forward(x, landmarks_only=True), crops))
         add("reconstruct(detect), flip test", backend, time_each(lambda img, r=flip: r(img, max_faces=1), kept))
+        shift = Reconstructor(model, backend=backend, onnx_threads=onnx_threads, flip_test=True, shift_test=True)
+        add("forward, flip + shift test", backend,
+            time_each(lambda x, r=shift: r.forward(x, landmarks_only=True), view_crops))
+        add("reconstruct(detect), flip + shift test (default)", backend,
+            time_each(lambda img, r=shift: r(img, max_faces=1), kept))
     faces = [reference(img, box=b)[0] for img, b in zip(kept[:50], boxes[:50], strict=True)]
     add("export GLB", "-", time_each(lambda f: f.export(tmp / "face.glb"), faces))
     add("export GLB (textured)", "-", time_each(lambda f: f.export(tmp / "face_tex.glb", texture=True), faces))

@@ -64,6 +64,25 @@ def test_given_box_skips_detection(model, astronaut):
         model.reconstruct(astronaut, box=[10, 10, 5, 5])
 
 
+@pytest.mark.parametrize("placement_views", [False, True])
+def test_shift_test_views_only_in_the_final_pass_by_default(model, astronaut, placement_views):
+    from facerecon.inference.pipeline import Reconstructor
+
+    rec = Reconstructor(model, refine_steps=2, shift_test=True, placement_views=placement_views)
+    seen = []
+    forward = rec.forward
+
+    def spy(crops, landmarks_only=False, use_views=True):
+        seen.append((tuple(crops.shape[:2]) if crops.dim() == 5 else (crops.shape[0],), landmarks_only, use_views))
+        return forward(crops, landmarks_only=landmarks_only, use_views=use_views)
+
+    rec.forward = spy
+    faces = rec(astronaut, box=[150, 60, 250, 170])
+    v = (1, 5)
+    assert seen == [(v if placement_views else (1,), True, placement_views)] * 2 + [(v, False, True)]
+    assert len(faces) == 1 and np.isfinite(faces[0].landmarks).all()
+
+
 @pytest.mark.parametrize("crop_scale", [1.6, 1.5])
 def test_detection_crop_follows_the_crop_scale(ict_dir, make_config, crop_scale):
     from facerecon.inference.pipeline import Reconstructor

@@ -145,14 +145,19 @@ class Reconstructor:
         flip_test: also regress the mirrored crops and average (see :meth:`FaceRecon.forward`): about twice the
             regressor's time, more accurate landmarks and pose.
         shift_test: also regress the crops shifted by 7 % of their side in four directions and average
-            (:data:`facerecon.models.facerecon.SHIFT_TEST_VIEWS`, every regression pass): about five times the
-            regressor's time (ten with ``flip_test``), more accurate landmarks and pose.
+            (:data:`facerecon.models.facerecon.SHIFT_TEST_VIEWS`) in the final pass: about five times that pass's
+            regressor time (ten with ``flip_test``), more accurate landmarks and pose.
+        placement_views: also use the shift test's views in the crop-placement passes (those before the last when
+            ``refine_steps > 0``). Off by default: on the AFLW2000-3D dev photos with detection the landmark NME
+            changed by -0.01 +/- 0.01 / +0.02 +/- 0.02 / +0.16 +/- 0.14 % per yaw bin (paired, noise) while
+            each pipeline call took 4-10 ms longer.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 1,
                  detection_scale: float | None = None, detection_shift: float = 0.13, backend: str = "torch",
                  onnx_path: str | os.PathLike | None = None, fuse: bool = True,
-                 onnx_threads: int | None = None, flip_test: bool = False, shift_test: bool = False) -> None:
+                 onnx_threads: int | None = None, flip_test: bool = False, shift_test: bool = False,
+                 placement_views: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model.eval()
@@ -175,6 +180,7 @@ class Reconstructor:
         self._detector = detector
         self._lock = threading.Lock()
         self.refine_steps = refine_steps
+        self.placement_views = bool(placement_views)
         if detection_scale is None:
             detection_scale = DETECTION_SCALE * model.config.crop_scale / CANONICAL_CROP_SCALE
         self.detection_scale = float(detection_scale)
@@ -199,19 +205,21 @@ class Reconstructor:
         center = (0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]) + self.detection_shift * h)
         return square_box(center, self.detection_scale * max(w, h))
 
-    def forward(self, crops: torch.Tensor, landmarks_only: bool = False) -> FaceReconOutput:
+    def forward(self, crops: torch.Tensor, landmarks_only: bool = False, use_views: bool = True) -> FaceReconOutput:
         """Run the regressor of the chosen back-end on crops in [0, 1] and decode (no gradients).
 
-        ``crops`` is (B, 3, S, S), or (B, V, 3, S, S) with the shift test (the crops of :attr:`views`).
+        ``crops`` is (B, 3, S, S), or (B, V, 3, S, S) with the shift test (the crops of :attr:`views`) unless
+        ``use_views`` is False.
         """
+        views = self.views if use_views else None
         if self._onnx is not None:
             with torch.inference_mode():
-                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test, self.views)
+                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test, views)
                 return self.model.decode(params, attention=attention, landmarks_only=landmarks_only)
         backbone = self._fused_backbone()  # built outside inference mode: its tensors are ordinary ones
         with torch.inference_mode():
             return self.model(crops, landmarks_only=landmarks_only, backbone=backbone, flip_test=self.flip_test,
-                              views=self.views)
+                              views=views)
 
     def _fused_backbone(self) -> torch.nn.Module | None:
         """The BatchNorm-folded backbone copy (rebuilt when the weights or the device change), or None."""
@@ -228,9 +236,11 @@ class Reconstructor:
                 self._fused = (version, device, fused)
             return self._fused[2]
 
-    def regress(self, image: np.ndarray, boxes: np.ndarray,
-                landmarks_only: bool = False) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
+    def regress(self, image: np.ndarray, boxes: np.ndarray, landmarks_only: bool = False,
+                use_views: bool = True) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
         """Run the model on the crops of ``boxes`` (K, 4) (``landmarks_only`` skips the dense mesh).
+
+        ``use_views=False`` skips the shift test's views in this pass (the crop-placement passes).
 
         Returns:
             The model output, (K, 68, 2) landmarks in image pixels and the (K, S, S, 3) uint8 crops.
@@ -238,13 +248,13 @@ class Reconstructor:
         size = self.model.config.input_size
         crops = np.stack([crop_face(image, b, size) for b in boxes])
         device = next(self.model.parameters()).device
-        if self.views is None:
+        if self.views is None or not use_views:
             x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         else:  # view 0 is the crop itself
             vb = view_boxes(torch.as_tensor(boxes, dtype=torch.float64), self.views.double()).numpy()
             views = np.stack([[crops[k]] + [crop_face(image, b, size) for b in vb[k, 1:]] for k in range(len(boxes))])
             x = torch.from_numpy(views).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
-        out = self.forward(x, landmarks_only=landmarks_only)
+        out = self.forward(x, landmarks_only=landmarks_only, use_views=use_views)
         box_t = torch.as_tensor(boxes, dtype=torch.float32, device=device)
         return out, crop_to_image(out.landmarks_2d.float(), box_t, size), crops
 
@@ -276,11 +286,14 @@ class Reconstructor:
         if max_faces is not None:
             detections = detections[:max_faces]
         boxes = np.stack([self.crop_from_detection(b) for b in detections])
-        # Passes before the last only need landmarks to place the next crop.
-        out, lmk, crops = self.regress(img, boxes, landmarks_only=self.refine_steps > 0)
-        for k in range(self.refine_steps):
+        # Passes before the last only need landmarks to place the next crop (and, by default, no shift test views).
+        steps = self.refine_steps
+        out, lmk, crops = self.regress(img, boxes, landmarks_only=steps > 0,
+                                       use_views=steps == 0 or self.placement_views)
+        for k in range(steps):
             boxes = box_from_points(lmk, scale=self.model.config.crop_scale).double().cpu().numpy()
-            out, lmk, crops = self.regress(img, boxes, landmarks_only=k < self.refine_steps - 1)
+            last = k == steps - 1
+            out, lmk, crops = self.regress(img, boxes, landmarks_only=not last, use_views=last or self.placement_views)
         return [self._result(out, k, lmk[k], boxes[k], detections[k], (w, h), crops[k]) for k in range(len(boxes))]
 
     def _result(self, out: FaceReconOutput, k: int, landmarks: torch.Tensor, box: np.ndarray,
