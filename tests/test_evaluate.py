@@ -131,6 +131,24 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     assert saved["synthetic"]["n"] == 8 and saved["synthetic"]["vertex_error_mm"] > 0
     assert 0.0 < saved["synthetic"]["rotation_error_deg"] <= 180.0 and 0 <= saved["synthetic"]["n_turned"] <= 8
     assert saved["timing"]["model_forward_ms"] > 0
+    pipe = saved["pipeline"]
+    assert pipe["refine_steps"] == 2 and len(pipe["per_image"]) == 8 and 0.0 <= pipe["found"] <= 1.0
+    for k, (label, b) in enumerate(pipe["nme_bins"].items()):  # bins are the means of their faces' rows
+        found = [r["nme"] for r in pipe["per_image"] if r["bin"] == k and r["nme"] is not None]
+        assert b["n"] == len(found) and (not found or b["nme"] == pytest.approx(np.mean(found))), label
+    row = next((r for r in pipe["per_image"] if r["nme"] is not None), None)
+    if row is not None:  # the row is the NME of what Reconstructor returns for that photo
+        from facerecon.inference.pipeline import Reconstructor
+
+        it = next(i for i in items if i.name == row["name"])
+        faces = Reconstructor(tiny_model)(it.image_path)
+        assert any(nme_68(f.landmarks, it.landmarks) == pytest.approx(row["nme"], rel=1e-4) for f in faces)
+    for k, (label, v) in enumerate(pipe["protocol_nme_bins"].items()):  # the protocol's rows of the found faces
+        found = {r["name"] for r in pipe["per_image"] if r["nme"] is not None}
+        same = [p["nme"] for p in saved["aflw2000"]["per_image"] if p["bin"] == k and p["name"] in found]
+        assert (not same and math.isnan(v)) or v == pytest.approx(np.mean(same)), label
+    assert "Pipeline NME with detection" in markdown_table(saved)
+    assert "Protocol NME on the faces the pipeline found" in markdown_table(saved)
     assert res["aflw2000"]["nme_all"] == pytest.approx(saved["aflw2000"]["nme_all"])
     for p in saved["aflw2000"]["per_image"]:  # regions partition the 68 points; alignment only lowers the error
         assert sum(len(REGIONS[r]) * v for r, v in p["regions"].items()) / 68 == pytest.approx(p["nme"])
@@ -140,11 +158,11 @@ def test_evaluate_command_on_8_images(items, tiny_model, tmp_path):
     offsets = [np.array(b["mean_offsets"]) for b in bins.values() if b["n"]]
     assert all(o.shape == (68, 2) and np.isfinite(o).all() for o in offsets)
     flipped = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--flip-test",
-                    "--skip", "detection", "ssim", "synthetic", "timing", "fairness"])
+                    "--skip", "detection", "pipeline", "ssim", "synthetic", "timing", "fairness"])
     assert flipped["flip_test"] and flipped["aflw2000"]["n_images"] == 8
     assert flipped["aflw2000"]["nme_all"] != pytest.approx(res["aflw2000"]["nme_all"], rel=1e-6)
     shifted = main(["--model", str(model_dir), "--data", str(DEV), "--limit", "8", "--flip-test", "--shift-test",
-                    "--skip", "detection", "synthetic", "timing", "fairness"])
+                    "--skip", "detection", "pipeline", "synthetic", "timing", "fairness"])
     assert shifted["shift_test"] and shifted["aflw2000"]["n_images"] == 8
     assert shifted["aflw2000"]["nme_all"] != pytest.approx(flipped["aflw2000"]["nme_all"], rel=1e-6)
     assert -1.0 <= shifted["aflw2000"]["ssim"] <= 1.0 and "Shift test" in markdown_table(shifted)
@@ -176,6 +194,13 @@ def test_model_card_from_results(tmp_path):
     shifted = render_card(dict(ev, flip_test=True, shift_test=True), {"config": cfg}, "cmd",
                           plain=dict(plain, flip_test=True))
     assert "With the shift test (`--shift-test`" in shifted and "mean, with the flip test | 5.00 / 2.50 |" in shifted
+    pipe = {"refine_steps": 2, "nme_balanced": 0.054, "found": 0.95,
+            "nme_bins": {"[0, 30]": {"nme": 0.035}, "(30, 60]": {"nme": 0.055}, "(60, 90]": {"nme": 0.072}}}
+    assert "with detection (not the protocol's crop), balanced (%; per bin) | 5.40 (3.50 / 5.50 / 7.20; 95.0% of" \
+        in render_card(dict(ev, pipeline=pipe), {"config": cfg}, "cmd") and "whole pipeline" not in card
+    pipe["protocol_nme_bins"] = {"[0, 30]": 0.034, "(30, 60]": 0.047, "(60, 90]": 0.06}
+    assert "of the faces found; protocol on the same faces 3.40 / 4.70 / 6.00) |" \
+        in render_card(dict(ev, pipeline=pipe), {"config": cfg}, "cmd")
     assert "|yaw| <= 30 deg, without jaw depth" in flipped and "ear-lobe labels" in flipped and "Yaw: AFLW" in flipped
     assert "Pose pseudo-labels" not in flipped and "about 17 mm behind" in flipped
     v4 = render_card(ev, {"config": dict(cfg, model={"landmarks": "refined-v4"})}, "cmd")

@@ -18,6 +18,9 @@ Protocol (as in 3DDFA, 3DDFA_V2 and SynergyNet):
   (at |yaw| = 90 only pitch -/+ roll is defined), so a small rotation error can show up as tens of degrees in both.
 - Detection rate of the face detector on the full photos (a detection counts when its box contains the centre of
   the ground-truth landmarks).
+- Pipeline NME (not part of the 3DDFA protocol): the same NME for what users get, ``Reconstructor`` on the full photo
+  (detect, crop, refine the crop from the predicted landmarks, regress), on the faces whose detection box contains
+  the ground-truth centre; per yaw bin, balanced, and the share of faces found.
 - SSIM between the re-rendered face and the photo inside the rendered face mask, in the model's input crop.
 - Vertex error (mm) on a fixed, seeded set of synthetic faces with exact 3D ground truth.
 - Median milliseconds per image for the model forward (batch 1) and for the whole pipeline (load, detect, crop,
@@ -389,6 +392,71 @@ def detection_rate(items: list[Aflw2000Item], detector: Any = None) -> dict[str,
     return out
 
 
+def pipeline_nme(model: Any, items: list[Aflw2000Item], flip_test: bool = False, shift_test: bool = False,
+                 refine_steps: int | None = None) -> dict[str, Any]:
+    """68-point NME of the whole pipeline (:class:`Reconstructor` with detection on the full photos), per yaw bin.
+
+    A face counts when one of the detections' boxes contains the centre of its ground-truth landmarks' box (as in
+    :func:`detection_rate`; the first such face, largest first, is scored); faces not found are left out of the NME
+    and counted in ``found``.
+
+    Args:
+        model: the model.
+        items: the photos and their ground truth.
+        flip_test: run the pipeline with the flip test.
+        shift_test: run the pipeline with the shift test.
+        refine_steps: crop refinements (None: the :class:`Reconstructor` default).
+
+    Returns:
+        ``refine_steps``, ``nme_bins`` (per yaw bin: ``nme``, ``n`` faces found, ``found`` share), ``nme_balanced``,
+        ``found`` (share of all faces) and ``per_image`` rows (``name``, ``bin``, ``nme`` or None when not found).
+    """
+    from facerecon.errors import NoFaceError
+    from facerecon.inference.pipeline import Reconstructor
+
+    kwargs = {} if refine_steps is None else {"refine_steps": refine_steps}
+    rec = Reconstructor(model, flip_test=flip_test, shift_test=shift_test, **kwargs)
+    errors: dict[int, list[float]] = {b: [] for b in range(len(YAW_BINS))}
+    counts = dict.fromkeys(range(len(YAW_BINS)), 0)
+    rows = []
+    for it in items:
+        try:
+            faces = rec(it.image_path)
+        except NoFaceError:
+            faces = []
+        cx, cy = 0.5 * (it.landmarks.min(0) + it.landmarks.max(0))
+        hit = [f for f in faces if f.detection[0] <= cx <= f.detection[2] and f.detection[1] <= cy <= f.detection[3]]
+        counts[it.yaw_bin] += 1
+        e = nme_68(hit[0].landmarks, it.landmarks) if hit else None
+        if e is not None:
+            errors[it.yaw_bin].append(e)
+        rows.append({"name": it.name, "bin": it.yaw_bin, "nme": e})
+    bins = {YAW_BINS[b]: {"nme": float(np.mean(v)) if v else float("nan"), "n": len(v),
+                          "found": len(v) / counts[b] if counts[b] else float("nan")} for b, v in errors.items()}
+    return {"refine_steps": rec.refine_steps, "nme_bins": bins,
+            "nme_balanced": float(np.mean([b["nme"] for b in bins.values()])),
+            "found": sum(map(len, errors.values())) / max(1, len(items)), "per_image": rows}
+
+
+def protocol_nme_on_found(protocol_rows: list[dict[str, Any]],
+                          pipeline_rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Protocol NME per yaw bin over the faces the pipeline found, to compare the two on the same faces.
+
+    Args:
+        protocol_rows: ``per_image`` rows of :func:`evaluate_aflw2000`.
+        pipeline_rows: ``per_image`` rows of :func:`pipeline_nme` (``nme`` None where the face was not found).
+
+    Returns:
+        ``{yaw bin label: mean protocol NME}`` (NaN for a bin without found faces).
+    """
+    found = {r["name"] for r in pipeline_rows if r["nme"] is not None}
+    out = {}
+    for b, label in enumerate(YAW_BINS):
+        errors = [r["nme"] for r in protocol_rows if r["bin"] == b and r["name"] in found]
+        out[label] = float(np.mean(errors)) if errors else float("nan")
+    return out
+
+
 def timing(model: Any, items: list[Aflw2000Item], repeats: int = 30, flip_test: bool = False,
            shift_test: bool = False) -> dict[str, float]:
     """Median ms of the model forward (batch 1; all the views with ``shift_test``) and of the whole pipeline."""
@@ -561,6 +629,14 @@ def markdown_table(results: dict[str, Any]) -> str:
     rows.append(("SSIM (face mask)", f"{results['aflw2000']['ssim']:.3f}"))
     if "detection" in results:
         rows.append(("Detection rate", f"{100 * results['detection']['all']:.1f}%"))
+    if "pipeline" in results:
+        pb = results["pipeline"]
+        rows.append((f"Pipeline NME with detection, per bin / balanced (%, refine steps {pb['refine_steps']})",
+                     " / ".join(f"{100 * v['nme']:.2f}" for v in pb["nme_bins"].values())
+                     + f", {100 * pb['nme_balanced']:.2f} ({100 * pb['found']:.1f}% of the faces found)"))
+        if "protocol_nme_bins" in pb:
+            rows.append(("Protocol NME on the faces the pipeline found, per bin (%)",
+                         " / ".join(f"{100 * v:.2f}" for v in pb["protocol_nme_bins"].values())))
     if "synthetic" in results:
         syn = results["synthetic"]
         rows.append(("Vertex error, synthetic (mm)", f"{syn['vertex_error_mm']:.2f}"))
@@ -588,7 +664,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="use the first N images")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=("detection", "ssim", "synthetic", "timing", "fairness"), help="parts to skip")
+                        choices=("detection", "pipeline", "ssim", "synthetic", "timing", "fairness"),
+                        help="parts to skip")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="crop refinements in the pipeline NME (default: the Reconstructor default)")
     parser.add_argument("--synthetic", type=int, default=64, help="number of synthetic faces")
     parser.add_argument("--fairness-data", type=Path, default=None,
                         help="UTKFace folder for the per-group slice (default: ../shared/utkface when present)")
@@ -614,6 +693,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             shift_test=args.shift_test)
     if "detection" not in args.skip:
         results["detection"] = detection_rate(items)
+    if "pipeline" not in args.skip:
+        results["pipeline"] = pipeline_nme(model, items, flip_test=args.flip_test, shift_test=args.shift_test,
+                                           refine_steps=args.refine_steps)
+        results["pipeline"]["protocol_nme_bins"] = protocol_nme_on_found(results["aflw2000"]["per_image"],
+                                                                         results["pipeline"]["per_image"])
     if "synthetic" not in args.skip:
         results["synthetic"] = synthetic_vertex_error(model, n=args.synthetic, flip_test=args.flip_test)
     if "timing" not in args.skip:

@@ -126,6 +126,14 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         lines.append(f"| SSIM, re-rendered face vs photo (face mask) | {a['ssim']:.3f} |")
     if det:
         lines.append(f"| Face detection rate (full photos) | {100 * det['all']:.1f}% |")
+    if "pipeline" in ev:
+        pb = ev["pipeline"]
+        per_bin = " / ".join(_pct(v["nme"]) for v in pb["nme_bins"].values())
+        same = ""
+        if "protocol_nme_bins" in pb:
+            same = "; protocol on the same faces " + " / ".join(_pct(v) for v in pb["protocol_nme_bins"].values())
+        lines.append(f"| NME of the whole pipeline with detection (not the protocol's crop), balanced (%; per bin) | "
+                     f"{_pct(pb['nme_balanced'])} ({per_bin}; {100 * pb['found']:.1f}% of the faces found{same}) |")
     if "synthetic" in ev:
         lines.append(f"| Vertex error, {ev['synthetic']['n']} seeded synthetic faces (mm) | "
                      f"{ev['synthetic']['vertex_error_mm']:.2f} |")
