@@ -188,6 +188,28 @@ def test_two_process_gloo_training(ict_dir, tmp_path):
     assert len(shards[0] | shards[1]) == 16
 
 
+def test_landmark_loss_face_norm_is_the_mean_per_face_nme():
+    # Face 0: box 20 x 5 (sqrt(w h) = 10), every point 1 px off -> 0.1. Face 1: box 10 x 10, points 2 px off -> 0.2,
+    # but only two points weigh (the third's weight is 0). Face 2: no targets, left out of the mean.
+    target = torch.tensor([[[0.0, 0.0], [20.0, 5.0], [10.0, 0.0]],
+                           [[0.0, 0.0], [10.0, 10.0], [3.0, 3.0]],
+                           [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]])
+    shift = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])[:, None, :]
+    pred = (target + shift).requires_grad_()
+    weights = torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    face = landmark_loss(pred, target, weights, crop_size=64, norm="face")
+    assert face.item() == pytest.approx((0.1 + 0.2) / 2, rel=1e-4)
+    crop = landmark_loss(pred, target, weights, crop_size=64)  # pooled over points, / crop side
+    assert crop.item() == pytest.approx((1.0 * 2.5 + 2.0 * 2) / 4.5 / 64, rel=1e-4)
+    face.backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad[2] == 0).all()
+    assert landmark_loss(pred, target, torch.zeros(3, 3), crop_size=64, norm="face").item() == 0.0
+    with pytest.raises(ValueError, match="norm must be one of"):
+        landmark_loss(pred, target, weights, crop_size=64, norm="box")
+    with pytest.raises(ValueError, match="landmark_norm"):
+        LossWeights(landmark_norm="box")
+
+
 def test_pose_loss_analytic_and_masked():
     import math
 

@@ -16,6 +16,8 @@ from facerecon.config import FaceReconConfig
 JAW_YAW_THRESHOLD_DEG = 30.0
 #: Default weight of those jaw points (``TrainConfig.jaw_turned_weight``).
 JAW_TURNED_WEIGHT = 0.5
+#: How the 2D landmark loss is normalised (``LossWeights.landmark_norm``; :func:`training.losses.landmark_loss`).
+LANDMARK_NORMS = ("crop", "face")
 
 
 @dataclass
@@ -38,6 +40,13 @@ class LossWeights:
     perceptual_network: str = "timm/resnet18"
     eye_weight: float = 2.0
     mouth_weight: float = 1.5
+    #: ``"crop"`` (error / crop side, pooled over the batch's points) or ``"face"`` (per-face error / sqrt(w * h) of
+    #: its targets' box, averaged over faces: the NME's shape); see :func:`training.losses.landmark_loss`.
+    landmark_norm: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.landmark_norm not in LANDMARK_NORMS:
+            raise ValueError(f"loss.landmark_norm must be one of {LANDMARK_NORMS}, got {self.landmark_norm!r}")
 
 
 @dataclass

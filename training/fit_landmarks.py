@@ -121,7 +121,7 @@ def _batches(model: Any, records: list[Any], batch_size: int):
     No augmentation; ``rotation`` is the model's predicted head rotation (model frame -> view frame).
     """
     from training.data import RealFaceDataset
-    from training.train import visible_box_size
+    from training.losses import visible_box_size
 
     ds = RealFaceDataset(records, size=model.config.input_size, augment=False, split="fit")
     for start in range(0, len(ds), batch_size):

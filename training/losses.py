@@ -12,7 +12,7 @@ import torch
 
 from facerecon.geometry import matrix_to_euler, procrustes_rotation
 from facerecon.models.facerecon import FaceReconOutput
-from training.config import LossWeights
+from training.config import LANDMARK_NORMS, LossWeights
 
 #: Extended-layout (71 points) indices of the eyes (36-47 + eye centres) and the mouth (48-67 + mouth centre).
 EYE_POINTS = (*range(36, 48), 68, 69)
@@ -28,9 +28,18 @@ def point_weights(n_points: int, eye_weight: float, mouth_weight: float, device:
     return w
 
 
+def visible_box_size(target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,) sqrt(w * h) of the bounding box of the visible (weight > 0) points of (B, P, 2) targets."""
+    vis = (weights > 0)[..., None]
+    big = torch.finfo(target.dtype).max
+    lo = torch.where(vis, target, torch.full_like(target, big)).amin(1)
+    hi = torch.where(vis, target, torch.full_like(target, -big)).amax(1)
+    return ((hi - lo).clamp_min(1e-3).prod(-1)).sqrt()
+
+
 def landmark_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, crop_size: int,
-                  importance: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean Euclidean landmark error as a fraction of the crop side.
+                  importance: torch.Tensor | None = None, norm: str = "crop") -> torch.Tensor:
+    """Weighted mean Euclidean landmark error.
 
     Args:
         pred: (B, P, 2) predicted landmarks in crop pixels.
@@ -38,16 +47,26 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
         weights: (B, P) visibility / confidence weights (0 = no target).
         crop_size: crop side S in pixels.
         importance: optional (P,) per-point importance (e.g. from :func:`point_weights`).
+        norm: ``"crop"``: the weighted mean over all the batch's points, as a fraction of the crop side. ``"face"``:
+            shaped like the NME that evaluation reports: each face's weighted mean error divided by sqrt(w * h) of
+            its targets' box (:func:`visible_box_size`), averaged over the faces that have targets; turned faces,
+            whose box is narrow, weigh more than in ``"crop"``.
 
     Returns:
         Scalar loss; 0 (with a graph) when no point has a target.
 
-    Convention: 0-based pixel centres; distances divided by S.
+    Convention: 0-based pixel centres.
     """
+    if norm not in LANDMARK_NORMS:
+        raise ValueError(f"norm must be one of {LANDMARK_NORMS}, got {norm!r}")
     w = weights if importance is None else weights * importance
     target = torch.where(w[..., None] > 0, target, pred.detach())  # NaN-safe for missing points
-    dist = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-8) / crop_size
-    return (dist * w).sum() / w.sum().clamp_min(1e-6)
+    dist = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-8)
+    if norm == "crop":
+        return (dist / crop_size * w).sum() / w.sum().clamp_min(1e-6)
+    has = w.sum(1) > 0
+    per_face = (dist * w).sum(1) / w.sum(1).clamp_min(1e-6) / visible_box_size(target, w)
+    return (per_face * has).sum() / has.sum().clamp_min(1)
 
 
 def vertex_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -293,7 +312,8 @@ def total_loss(out: FaceReconOutput, batch: dict[str, torch.Tensor], weights: Lo
     pred71 = extend(out.landmarks_2d if landmarks_2d is None else landmarks_2d)
     importance = point_weights(pred71.shape[1], weights.eye_weight, weights.mouth_weight, pred71.device,
                                pred71.dtype)
-    parts["landmark"] = landmark_loss(pred71, batch["landmarks"], batch["weights"], crop_size, importance)
+    parts["landmark"] = landmark_loss(pred71, batch["landmarks"], batch["weights"], crop_size, importance,
+                                      weights.landmark_norm)
     parts["reg"] = regularization_loss(out, weights)
     total = weights.landmark * parts["landmark"] + weights.regularization * parts["reg"]
     if "vertices" in batch and weights.recon > 0 and out.vertices is not None:

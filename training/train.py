@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from facerecon.config import CANONICAL_CROP_SCALE
 from training.config import TrainConfig, add_config_arguments, load_config
+from training.losses import visible_box_size
 
 logger = logging.getLogger("facerecon.train")
 
@@ -172,15 +173,6 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         g = torch.Generator()
         g.manual_seed(self.seed * 100003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
-
-
-def visible_box_size(target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B,) sqrt(w * h) of the bounding box of the visible (weight > 0) points of (B, P, 2) targets."""
-    vis = (weights > 0)[..., None]
-    big = torch.finfo(target.dtype).max
-    lo = torch.where(vis, target, torch.full_like(target, big)).amin(1)
-    hi = torch.where(vis, target, torch.full_like(target, -big)).amax(1)
-    return ((hi - lo).clamp_min(1e-3).prod(-1)).sqrt()
 
 
 def nme(pred71: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
