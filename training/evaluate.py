@@ -175,9 +175,13 @@ def signed_offsets(pred: np.ndarray, gt: np.ndarray, yaw_deg: float) -> np.ndarr
 
 
 def box_contains_centre(boxes: list[Any], landmarks: np.ndarray) -> bool:
-    """True when a detected box contains the centre of the landmarks' bounding box (a detection hit)."""
+    """True when a detected box contains the centre of the landmarks' bounding box (a detection hit).
+
+    ``boxes`` are :class:`~facerecon.inference.detect.FaceBox` objects or ``[x0, y0, x1, y1]`` arrays.
+    """
     cx, cy = 0.5 * (landmarks.min(0) + landmarks.max(0))
-    return any(b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1 for b in boxes)
+    arrays = (np.asarray(b.as_array() if hasattr(b, "as_array") else b) for b in boxes)
+    return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in arrays)
 
 
 def signed_angle_difference(a: Any, b: Any) -> Any:
@@ -416,26 +420,25 @@ def pipeline_nme(model: Any, items: list[Aflw2000Item], flip_test: bool = False,
 
     kwargs = {} if refine_steps is None else {"refine_steps": refine_steps}
     rec = Reconstructor(model, flip_test=flip_test, shift_test=shift_test, **kwargs)
-    errors: dict[int, list[float]] = {b: [] for b in range(len(YAW_BINS))}
-    counts = dict.fromkeys(range(len(YAW_BINS)), 0)
     rows = []
     for it in items:
         try:
             faces = rec(it.image_path)
         except NoFaceError:
             faces = []
-        cx, cy = 0.5 * (it.landmarks.min(0) + it.landmarks.max(0))
-        hit = [f for f in faces if f.detection[0] <= cx <= f.detection[2] and f.detection[1] <= cy <= f.detection[3]]
-        counts[it.yaw_bin] += 1
+        hit = [f for f in faces if box_contains_centre([f.detection], it.landmarks)]
         e = nme_68(hit[0].landmarks, it.landmarks) if hit else None
-        if e is not None:
-            errors[it.yaw_bin].append(e)
         rows.append({"name": it.name, "bin": it.yaw_bin, "nme": e})
-    bins = {YAW_BINS[b]: {"nme": float(np.mean(v)) if v else float("nan"), "n": len(v),
-                          "found": len(v) / counts[b] if counts[b] else float("nan")} for b, v in errors.items()}
+    bins = {}
+    for b, label in enumerate(YAW_BINS):
+        in_bin = [r["nme"] for r in rows if r["bin"] == b]
+        found = [e for e in in_bin if e is not None]
+        bins[label] = {"nme": float(np.mean(found)) if found else float("nan"), "n": len(found),
+                       "found": len(found) / len(in_bin) if in_bin else float("nan")}
+    n_found = sum(b["n"] for b in bins.values())
     return {"refine_steps": rec.refine_steps, "nme_bins": bins,
             "nme_balanced": float(np.mean([b["nme"] for b in bins.values()])),
-            "found": sum(map(len, errors.values())) / max(1, len(items)), "per_image": rows}
+            "found": n_found / max(1, len(items)), "per_image": rows}
 
 
 def protocol_nme_on_found(protocol_rows: list[dict[str, Any]],

@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 
 from facerecon.config import CANONICAL_CROP_SCALE
 from training.config import TrainConfig, add_config_arguments, load_config
-from training.losses import visible_box_size
 
 logger = logging.getLogger("facerecon.train")
 
@@ -186,6 +185,8 @@ def nme(pred71: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> to
     Returns:
         (B,) normalised mean errors (NaN-free; samples without points give 0).
     """
+    from training.losses import visible_box_size
+
     vis = weights > 0
     t = torch.where(vis[..., None], target, torch.zeros_like(target))
     size = visible_box_size(target, weights)
