@@ -39,6 +39,10 @@ class AugmentConfig:
 
     Attributes:
         rotation_deg: in-plane rotation, uniform in +/- this (degrees).
+        large_rotation_p: probability of drawing the rotation from +/- ``large_rotation_deg`` instead (faces lying
+            on their side or upside down, which the +/- ``rotation_deg`` draw never shows); 0 draws no extra number,
+            so the random stream is the same as without the option.
+        large_rotation_deg: range of those large rotations (degrees, at most 180).
         translate: box shift, uniform in +/- this fraction of the box side, per axis.
         scale: box side multiplier range (uniform); > 1 zooms out.
         flip_p: probability of a horizontal flip.
@@ -53,6 +57,8 @@ class AugmentConfig:
     """
 
     rotation_deg: float = 30.0
+    large_rotation_p: float = 0.0
+    large_rotation_deg: float = 180.0
     translate: float = 0.08
     scale: tuple[float, float] = (0.85, 1.15)
     flip_p: float = 0.5
@@ -92,6 +98,7 @@ class AugmentResult:
         landmarks: (71, 2) float32 crop pixels (0-based centres), already mirrored / permuted if flipped.
         weights: (71,) float32, permuted like the landmarks.
         flipped: whether a horizontal flip was applied (the caller negates yaw).
+        angle_deg: the in-plane rotation applied (degrees, counter-clockwise as displayed).
         matrix: (2, 3) float64 affine from source-image pixels to crop pixels.
         face_box: (4,) float64 ``[x0, y0, x1, y1]`` crop-pixel box of the face region (the central 1 / 1.6 of the
             box, through the augmentation); occluders are drawn only inside it.
@@ -105,6 +112,7 @@ class AugmentResult:
     matrix: np.ndarray
     face_box: np.ndarray
     occluder: str | None = None
+    angle_deg: float = 0.0
 
 
 def _check_range(name: str, lo: float, hi: float, lo_min: float = -math.inf) -> None:
@@ -131,7 +139,10 @@ class Augmenter:
         _check_range("scale", *cfg.scale, lo_min=1e-3)
         _check_range("blur_sigma", *cfg.blur_sigma, lo_min=0.0)
         _check_range("jpeg_quality", *cfg.jpeg_quality, lo_min=1)
-        for name in ("flip_p", "occlusion_p", "colour_p", "grayscale_p", "blur_p", "jpeg_p"):
+        if not (0.0 <= cfg.rotation_deg <= 180.0 and 0.0 <= cfg.large_rotation_deg <= 180.0):
+            raise ValueError(f"AugmentConfig.rotation_deg and large_rotation_deg must be in [0, 180] degrees, got "
+                             f"{cfg.rotation_deg} and {cfg.large_rotation_deg}")
+        for name in ("flip_p", "large_rotation_p", "occlusion_p", "colour_p", "grayscale_p", "blur_p", "jpeg_p"):
             if not 0.0 <= getattr(cfg, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be a probability in [0, 1], got {getattr(cfg, name)}")
         self.size = int(size)
@@ -147,8 +158,11 @@ class Augmenter:
     def sample_geometry(self, rng: np.random.Generator) -> GeometricParams:
         """Draw rotation, translation, scale and flip."""
         c = self.config
+        limit = c.rotation_deg
+        if c.large_rotation_p > 0 and rng.random() < c.large_rotation_p:
+            limit = c.large_rotation_deg
         return GeometricParams(
-            angle_deg=float(rng.uniform(-c.rotation_deg, c.rotation_deg)),
+            angle_deg=float(rng.uniform(-limit, limit)),
             shift=(float(rng.uniform(-c.translate, c.translate)), float(rng.uniform(-c.translate, c.translate))),
             scale=float(rng.uniform(*c.scale)),
             flip=bool(rng.random() < c.flip_p),
@@ -364,4 +378,4 @@ class Augmenter:
             occluder = self.occlude(crop, lmk, w, face_box, rng)
         crop = self.photometric(crop, rng)
         return AugmentResult(image=crop, landmarks=lmk.astype(np.float32), weights=w.copy(), flipped=params.flip,
-                             matrix=m, face_box=face_box, occluder=occluder)
+                             matrix=m, face_box=face_box, occluder=occluder, angle_deg=params.angle_deg)

@@ -97,6 +97,9 @@ class TrainConfig:
             300-W / AFLW validation split does not track AFLW2000-3D well, so the final weights can be better.
         threads: CPU threads per process (0: all cores divided among the processes; `accelerate launch` would
             otherwise leave OMP_NUM_THREADS=1).
+        augment: augment the training crops (:class:`training.augment.Augmenter`).
+        augmentation: :class:`training.augment.AugmentConfig` fields that override its defaults, e.g.
+            ``{large_rotation_p: 0.15, large_rotation_deg: 180}``.
         seed, workers, log_every, val_limit: misc.
     """
 
@@ -139,6 +142,7 @@ class TrainConfig:
     workers: int = 0
     threads: int = 0
     augment: bool = True
+    augmentation: dict[str, Any] = field(default_factory=dict)
     loss: LossWeights = field(default_factory=LossWeights)
     push_to_hub: str | None = None
     publish: str = "best"
@@ -185,6 +189,20 @@ class TrainConfig:
             raise ValueError(f"pseudo_max_nme must be > 0, got {self.pseudo_max_nme}")
         if self.pseudo_jaw_max_yaw is not None and not 0 <= self.pseudo_jaw_max_yaw <= 180:
             raise ValueError(f"pseudo_jaw_max_yaw must be in [0, 180] degrees or null, got {self.pseudo_jaw_max_yaw}")
+
+        self.augment_config()  # validate early
+
+    def augment_config(self) -> Any:
+        """The :class:`training.augment.AugmentConfig` of ``augmentation`` (validated by building an augmenter)."""
+        from training.augment import AugmentConfig, Augmenter
+
+        valid = {f.name for f in fields(AugmentConfig)}
+        unknown = set(self.augmentation) - valid
+        if unknown:
+            raise ValueError(f"unknown augmentation options {sorted(unknown)}; valid: {sorted(valid)}")
+        config = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.augmentation.items()})
+        Augmenter(8, config)
+        return config
 
     def model_config(self) -> FaceReconConfig:
         """The model configuration."""
@@ -241,10 +259,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config and apply ``key=value`` overrides (dotted keys reach into ``model.`` and ``loss.``).
+    """Read a YAML config and apply ``key=value`` overrides (dotted keys reach into ``model.``, ``loss.`` etc.).
 
     A config may start from another one with ``base: other.yaml`` (a path relative to the file): its keys replace
-    the base's, and the ``model`` / ``loss`` sections are merged key by key.
+    the base's, and mappings (``model``, ``loss``, ``augmentation``) are merged key by key.
 
     Args:
         path: YAML file or None for the defaults.

@@ -1021,6 +1021,10 @@ class RealFaceDataset(Dataset):
             depth_scale, flipped = float(np.sqrt(abs(np.linalg.det(res.matrix[:, :2])))), res.flipped
             if res.flipped:
                 yaw = -yaw
+            if abs(res.angle_deg) > self.augmenter.config.rotation_deg:
+                # An in-plane turn multiplies R = Rx(pitch) Ry(yaw) Rz(roll) from the left, so the Euler yaw of a
+                # pitched face moves with it; a labelled yaw is kept only within the usual small turns.
+                yaw = math.nan
         lmk = np.where(weights[:, None] > 0, lmk, 0.0)
         depth = np.zeros(N_LANDMARKS, dtype=np.float32)
         depth_w = np.zeros(N_LANDMARKS, dtype=np.float32)

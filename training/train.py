@@ -96,6 +96,7 @@ def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float = CANONI
         input_size: crop side in pixels (the model's ``input_size``).
         crop_scale: the model's ``crop_scale`` (crop side over face side).
     """
+    from training.augment import Augmenter
     from training.data import RealFaceDataset
 
     splits = weighted_splits(cfg)
@@ -108,7 +109,8 @@ def build_datasets(cfg: TrainConfig, input_size: int, crop_scale: float = CANONI
         profiled = load_profiled(folder, allowed_origins={r.key for r in splits["train"]})
         logger.info("profiled faces: %d turned views from %s", len(profiled), folder)
         splits["train"] = splits["train"] + profiled
-    train = RealFaceDataset(splits["train"], size=input_size, augment=cfg.augment, split="train", seed=cfg.seed,
+    augment = Augmenter(input_size, cfg.augment_config(), crop_scale=crop_scale) if cfg.augment else False
+    train = RealFaceDataset(splits["train"], size=input_size, augment=augment, split="train", seed=cfg.seed,
                             crop_scale=crop_scale)
     val = RealFaceDataset(select_validation(splits["val"], cfg), size=input_size, augment=False, split="val",
                           crop_scale=crop_scale)
