@@ -186,8 +186,9 @@ def test_flip_matches_mirrored_crop(records):
     np.testing.assert_array_equal(flipped.weights, plain.weights[list(EXTENDED_MIRROR)])
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["rot30", "rot180"])
 @pytest.mark.parametrize("seed", range(6))
-def test_affine_moves_a_dot_with_its_landmark(seed):
+def test_affine_moves_a_dot_with_its_landmark(seed, large):
     rng = np.random.default_rng(seed)
     h, w = 240, 300
     box = np.array([40.3, 20.7, 40.3 + 190.0, 20.7 + 190.0])
@@ -198,8 +199,9 @@ def test_affine_moves_a_dot_with_its_landmark(seed):
     yy, xx = np.mgrid[0:h, 0:w]
     blob = 255 * np.exp(-((xx - landmarks[36, 0]) ** 2 + (yy - landmarks[36, 1]) ** 2) / (2 * 2.5**2))
     image = np.repeat(np.round(blob).astype(np.uint8)[..., None], 3, axis=2)
-    aug = Augmenter(S, AugmentConfig().geometric_only())
+    aug = Augmenter(S, AugmentConfig(large_rotation_p=1.0 if large else 0.0).geometric_only())
     res = aug(image, box, landmarks, weights, rng)
+    assert abs(res.angle_deg) <= (180 if large else 30)
     j = EXTENDED_MIRROR.index(36) if res.flipped else 36  # 45 after a flip
     assert res.weights[j] == 1
     out = res.image[..., 0].astype(np.float64)
@@ -207,6 +209,35 @@ def test_affine_moves_a_dot_with_its_landmark(seed):
     oy, ox = np.mgrid[0:S, 0:S]
     centroid = np.array([(out * ox).sum(), (out * oy).sum()]) / out.sum()
     assert np.linalg.norm(centroid - res.landmarks[j]) < 0.25  # measured < 0.05 px; a half-pixel slip would fail
+
+
+def test_large_rotation_draws_and_checks():
+    rng = np.random.default_rng(0)
+    plain = Augmenter(S)
+    angles = np.array([plain.sample_geometry(rng).angle_deg for _ in range(4000)])
+    assert np.abs(angles).max() <= 30
+    # p = 0 draws no extra number: the same stream as the default config.
+    off = Augmenter(S, AugmentConfig(large_rotation_p=0.0, large_rotation_deg=90.0))
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert [plain.sample_geometry(a) for _ in range(50)] == [off.sample_geometry(b) for _ in range(50)]
+    large = Augmenter(S, AugmentConfig(large_rotation_p=0.5, large_rotation_deg=180.0))
+    angles = np.array([large.sample_geometry(rng).angle_deg for _ in range(4000)])
+    assert np.abs(angles).max() <= 180 and np.abs(angles).max() > 170
+    # Half the draws from +/- 180, of which 150 / 180 land beyond 30 degrees: 0.417.
+    assert abs((np.abs(angles) > 30).mean() - 0.5 * 150 / 180) < 0.03
+    with pytest.raises(ValueError, match="large_rotation_p"):
+        Augmenter(S, AugmentConfig(large_rotation_p=1.5))
+    with pytest.raises(ValueError, match="large_rotation_deg"):
+        Augmenter(S, AugmentConfig(large_rotation_deg=200.0))
+
+
+def test_large_rotation_drops_the_yaw_label(records):
+    recs = records["aflw"][:40]
+    assert all(math.isfinite(r.yaw) for r in recs)
+    turned = Augmenter(S, AugmentConfig(rotation_deg=0.0, large_rotation_p=1.0, large_rotation_deg=180.0))
+    kept = [math.isfinite(RealFaceDataset(recs, size=S, augment=a, seed=1)[i]["yaw"])
+            for a in (Augmenter(S), turned) for i in range(0, 40, 4)]
+    assert all(kept[:10]) and not any(kept[10:])
 
 
 def test_identity_augmentation_is_the_canonical_crop_map():

@@ -125,6 +125,13 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(TINY, ["bogus=1"])
     with pytest.raises(ValueError, match="input_size"):
         load_config(TINY, ["model.input_size=100"])
+    cfg = load_config(TINY, ["augmentation.large_rotation_p=0.2", "augmentation.scale=[0.9, 1.1]"])
+    aug = cfg.augment_config()
+    assert aug.large_rotation_p == 0.2 and aug.scale == (0.9, 1.1) and aug.rotation_deg == 30.0
+    with pytest.raises(ValueError, match="unknown augmentation options"):
+        load_config(TINY, ["augmentation.bogus=1"])
+    with pytest.raises(ValueError, match="large_rotation_p"):
+        load_config(TINY, ["augmentation.large_rotation_p=2"])
 
 
 def test_config_base_chain_merges_sections_and_rejects_cycles(tmp_path):
