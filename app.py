@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shift-test", action=argparse.BooleanOptionalAction,
                         default=os.environ.get("FACERECON_SHIFT_TEST", "1").lower() not in ("0", "false", "no"),
                         help="also average 4 crops shifted by 7%% of their side (more accurate, ~5x regressor time)")
+    parser.add_argument("--orientation-test", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("FACERECON_ORIENTATION_TEST", "1").lower() not in ("0", "false", "no"),
+                        help="turn faces lying on their side or upside down upright before regressing them")
     return parser.parse_args(argv)
 
 
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     """Start the app."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    runner = DemoRunner(args.model, backend=args.backend, flip_test=args.flip_test, shift_test=args.shift_test)
+    runner = DemoRunner(args.model, backend=args.backend, flip_test=args.flip_test, shift_test=args.shift_test,
+                        orientation_test=args.orientation_test)
     demo = build_demo(runner, concurrency_limit=args.concurrency)
     demo.queue(max_size=32).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 

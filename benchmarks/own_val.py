@@ -68,7 +68,7 @@ def view_records(records: list, views: torch.Tensor, crop_scale: float) -> list[
 
 def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bool = False,
                    crop_multiplier: float = 1.0, records: list | None = None,
-                   shift_test: bool = False) -> dict[str, dict[str, float]]:
+                   shift_test: bool = False, orientation_test: bool = False) -> dict[str, dict[str, float]]:
     """Validation metrics of ``model`` (:func:`training.train.evaluate`) with its definition and the config's.
 
     Args:
@@ -80,6 +80,7 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
         records: the validation records of ``config`` (:func:`validation_records`) when already built; they keep the
             canonical boxes, so one list serves every model and crop scale.
         shift_test: also average the views of :data:`facerecon.models.facerecon.SHIFT_TEST_VIEWS`.
+        orientation_test: regress faces lying on their side turned upright (:meth:`FaceRecon.crop_orientation`).
 
     Returns:
         ``{"model_definition": metrics}`` plus ``"source_definitions"`` when the config sets ``source_landmarks``.
@@ -107,11 +108,12 @@ def own_validation(model: Any, config: Any, batch_size: int = 128, flip_test: bo
     model = model.to(accelerator.device)
     loader = accelerator.prepare(loader)
     results = {"model_definition": evaluate(model, loader, accelerator, extend_landmarks, flip_test=flip_test,
-                                            views=views)}
+                                            views=views, orientation_test=orientation_test)}
     if config.source_landmarks:
         defs = {k: v.to(accelerator.device) for k, v in source_definitions(config, model).items()}
         results["source_definitions"] = evaluate(model, loader, accelerator, extend_landmarks, defs,
-                                                 flip_test=flip_test, views=views)
+                                                 flip_test=flip_test, views=views,
+                                                 orientation_test=orientation_test)
     return results
 
 
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flip-test", action="store_true", help="average each crop's prediction with its mirror image's")
     p.add_argument("--shift-test", action="store_true",
                    help="also average the crops shifted by 7%% of their side in four directions")
+    p.add_argument("--orientation-test", action="store_true",
+                   help="regress faces lying on their side turned upright (FaceRecon.crop_orientation)")
     p.add_argument("--crop-multiplier", type=float, action="append", default=None,
                    help="feed crops this many times the model's own crop scale (repeatable; default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -151,15 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         model = FaceRecon.from_pretrained(name).eval()
         for mult in multipliers:
             res = own_validation(model, config, flip_test=args.flip_test, crop_multiplier=mult, records=records,
-                                 shift_test=args.shift_test)
+                                 shift_test=args.shift_test, orientation_test=args.orientation_test)
             all_results.setdefault(name, {})[f"{mult:g}"] = res
             for kind, m in res.items():
                 tags = ([kind] + (["flip test"] if args.flip_test else []) + (["shift test"] if args.shift_test else [])
+                        + (["orientation test"] if args.orientation_test else [])
                         + ([f"crop x{mult:g}"] if mult != 1 else []))
                 sys.stdout.write(f"{name} [{', '.join(tags)}]: {format_validation(m, digits=5)}\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "flip_test": args.flip_test,
                                                "shift_test": args.shift_test,
+                                               "orientation_test": args.orientation_test,
                                                "models": all_results}, indent=2))
     return 0
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="average with the mirrored crop's prediction (more accurate, ~2x regressor time)")
     rec.add_argument("--shift-test", action=argparse.BooleanOptionalAction, default=True,
                      help="also average 4 crops shifted by 7%% of their side (more accurate, ~5x regressor time)")
+    rec.add_argument("--orientation-test", action=argparse.BooleanOptionalAction, default=True,
+                     help="turn faces lying on their side or upside down upright before regressing them")
     exp = sub.add_parser("export-onnx", help="export the regressor to ONNX (dynamic batch), checked against torch")
     exp.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
     exp.add_argument("--model", default=None, help="model folder or Hub repo id (default: the bundled model)")
@@ -74,7 +76,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
         bar.set_postfix_str(path.name)
         try:
             faces = model.reconstruct(path, max_faces=None if args.all_faces else 1, backend=args.backend,
-                                      flip_test=args.flip_test, shift_test=args.shift_test)
+                                      flip_test=args.flip_test, shift_test=args.shift_test,
+                                      orientation_test=args.orientation_test)
             for k, face in enumerate(faces):
                 suffix = f"_face{k}" if args.all_faces else ""
                 for fmt in args.format:

@@ -54,15 +54,18 @@ class DemoRunner:
         flip_test: average each face with its mirrored crop's prediction (see :meth:`FaceRecon.forward`).
         shift_test: also average the crops shifted by 7 % of their side in four directions (see
             :meth:`FaceRecon.reconstruct`).
+        orientation_test: turn faces lying on their side or upside down upright before regressing them (see
+            :meth:`FaceRecon.crop_orientation`).
     """
 
     def __init__(self, model_source: str | None = None, workdir: str | Path | None = None,
                  max_age_s: float = 3600.0, backend: str = "torch", flip_test: bool = True,
-                 shift_test: bool = True) -> None:
+                 shift_test: bool = True, orientation_test: bool = True) -> None:
         self.model_source = model_source
         self.backend = backend
         self.flip_test = flip_test
         self.shift_test = shift_test
+        self.orientation_test = orientation_test
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "facerecon-app"
         self.max_age_s = max_age_s
         self._model = None
@@ -113,7 +116,8 @@ class DemoRunner:
         if factor < 1.0:
             notes.append(f"The {w0}x{h0} photo was downscaled to {img.shape[1]}x{img.shape[0]}.")
         faces = self.model.reconstruct(img, max_faces=None if all_faces else 1, backend=self.backend,
-                                       flip_test=self.flip_test, shift_test=self.shift_test)
+                                       flip_test=self.flip_test, shift_test=self.shift_test,
+                                       orientation_test=self.orientation_test)
         workdir = self.workdir / uuid.uuid4().hex
         workdir.mkdir(parents=True)
 

@@ -190,7 +190,7 @@ def test_textured_exports(model, astronaut, tmp_path):
         face.to_trimesh(colors="none", texture=True)
 
 
-def test_flip_and_shift_tests_are_on_by_default_in_cli_and_app(monkeypatch):
+def test_flip_shift_and_orientation_tests_are_on_by_default_in_cli_and_app(monkeypatch):
     import app
     from facerecon import cli
 
@@ -207,3 +207,10 @@ def test_flip_and_shift_tests_are_on_by_default_in_cli_and_app(monkeypatch):
     assert app.parse_args([]).shift_test is True and app.parse_args(["--no-shift-test"]).shift_test is False
     monkeypatch.setenv("FACERECON_SHIFT_TEST", "false")
     assert app.parse_args([]).shift_test is False
+    assert parser.parse_args(["reconstruct", "a.jpg", "-o", "out"]).orientation_test is True
+    assert parser.parse_args(["reconstruct", "a.jpg", "-o", "out", "--no-orientation-test"]).orientation_test is False
+    monkeypatch.delenv("FACERECON_ORIENTATION_TEST", raising=False)
+    assert app.parse_args([]).orientation_test is True
+    assert app.parse_args(["--no-orientation-test"]).orientation_test is False
+    monkeypatch.setenv("FACERECON_ORIENTATION_TEST", "0")
+    assert app.parse_args([]).orientation_test is False

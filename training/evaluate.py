@@ -292,7 +292,8 @@ def masked_ssim(out: Any, model: Any, images: torch.Tensor) -> list[float]:
 
 
 def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 32,
-                      with_ssim: bool = True, flip_test: bool = False, shift_test: bool = False) -> dict[str, Any]:
+                      with_ssim: bool = True, flip_test: bool = False, shift_test: bool = False,
+                      orientation_test: bool = False) -> dict[str, Any]:
     """Landmark NME per yaw bin, pose MAE and (optionally) masked SSIM of the re-rendered face.
 
     ``flip_test`` averages each crop's prediction with its mirrored crop's (:meth:`FaceRecon.forward`);
@@ -315,7 +316,7 @@ def evaluate_aflw2000(model: Any, items: list[Aflw2000Item], batch_size: int = 3
         chunk = items[start:start + batch_size]
         x, boxes = _crop_batch(chunk, size, scale, views)
         with torch.inference_mode():
-            out = model(x, flip_test=flip_test, views=views)
+            out = model(x, flip_test=flip_test, views=views, orientation_test=orientation_test)
             box_t = torch.from_numpy(boxes).float()
             lmk = crop_to_image(out.landmarks_2d, box_t, size).numpy()
             euler = np.degrees(out.euler.numpy())
@@ -397,7 +398,7 @@ def detection_rate(items: list[Aflw2000Item], detector: Any = None) -> dict[str,
 
 
 def pipeline_nme(model: Any, items: list[Aflw2000Item], flip_test: bool = False, shift_test: bool = False,
-                 refine_steps: int | None = None) -> dict[str, Any]:
+                 refine_steps: int | None = None, orientation_test: bool = False) -> dict[str, Any]:
     """68-point NME of the whole pipeline (:class:`Reconstructor` with detection on the full photos), per yaw bin.
 
     A face counts when one of the detections' boxes contains the centre of its ground-truth landmarks' box (as in
@@ -410,6 +411,7 @@ def pipeline_nme(model: Any, items: list[Aflw2000Item], flip_test: bool = False,
         flip_test: run the pipeline with the flip test.
         shift_test: run the pipeline with the shift test.
         refine_steps: crop refinements (None: the :class:`Reconstructor` default).
+        orientation_test: run the pipeline with the orientation test.
 
     Returns:
         ``refine_steps``, ``nme_bins`` (per yaw bin: ``nme``, ``n`` faces found, ``found`` share), ``nme_balanced``,
@@ -419,7 +421,7 @@ def pipeline_nme(model: Any, items: list[Aflw2000Item], flip_test: bool = False,
     from facerecon.inference.pipeline import Reconstructor
 
     kwargs = {} if refine_steps is None else {"refine_steps": refine_steps}
-    rec = Reconstructor(model, flip_test=flip_test, shift_test=shift_test, **kwargs)
+    rec = Reconstructor(model, flip_test=flip_test, shift_test=shift_test, orientation_test=orientation_test, **kwargs)
     rows = []
     for it in items:
         try:
@@ -461,24 +463,27 @@ def protocol_nme_on_found(protocol_rows: list[dict[str, Any]],
 
 
 def timing(model: Any, items: list[Aflw2000Item], repeats: int = 30, flip_test: bool = False,
-           shift_test: bool = False) -> dict[str, float]:
-    """Median ms of the model forward (batch 1; all the views with ``shift_test``) and of the whole pipeline."""
-    size = model.config.input_size
+           shift_test: bool = False, orientation_test: bool = False) -> dict[str, float]:
+    """Median ms of the model forward and of the whole pipeline.
+
+    The forward runs at batch 1 on the first photo's protocol crop (all the views with ``shift_test``).
+    """
     views = test_views(shift_test)
-    x = torch.rand(1, 3, size, size) if views is None else torch.rand(1, len(views), 3, size, size)
+    x, _ = _crop_batch(items[:1], model.config.input_size, model.config.crop_scale, views)
     with torch.inference_mode():
         for _ in range(3):
-            model(x, flip_test=flip_test, views=views)
+            model(x, flip_test=flip_test, views=views, orientation_test=orientation_test)
         t = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model(x, flip_test=flip_test, views=views)
+            model(x, flip_test=flip_test, views=views, orientation_test=orientation_test)
             t.append((time.perf_counter() - t0) * 1e3)
     pipe = []
     for it in items[: max(3, min(repeats, len(items)))]:
         t0 = time.perf_counter()
         try:
-            model.reconstruct(it.image_path, max_faces=1, flip_test=flip_test, shift_test=shift_test)
+            model.reconstruct(it.image_path, max_faces=1, flip_test=flip_test, shift_test=shift_test,
+                              orientation_test=orientation_test)
         except Exception:  # no face: still a pipeline run
             pass
         pipe.append((time.perf_counter() - t0) * 1e3)
@@ -486,7 +491,7 @@ def timing(model: Any, items: list[Aflw2000Item], repeats: int = 30, flip_test: 
 
 
 def synthetic_vertex_error(model: Any, n: int = 64, seed: int = 1234, flip_test: bool = False,
-                           turned_yaw: float = 45.0) -> dict[str, float]:
+                           turned_yaw: float = 45.0, orientation_test: bool = False) -> dict[str, float]:
     """Shape and head-pose errors on seeded synthetic faces (exact 3D ground truth).
 
     The vertex error (mm) is measured in the model frame (pose removed): the same identity and expression define both
@@ -500,7 +505,7 @@ def synthetic_vertex_error(model: Any, n: int = 64, seed: int = 1234, flip_test:
     for start in range(0, n, 16):
         batch = gen.batch(min(16, n - start), index=start)
         with torch.inference_mode():
-            out = model(batch["image"], flip_test=flip_test)
+            out = model(batch["image"], flip_test=flip_test, orientation_test=orientation_test)
         errs.append((out.shape - batch["shape"]).norm(dim=-1).mean(-1))
         rot_errs.append(rotation_angle_deg(out.params.rotation.double(), batch["rotation"].double()))
         yaws.append(batch["yaw"])
@@ -524,7 +529,7 @@ def default_pseudo_labels() -> Path:
 
 def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path, batch_size: int = 64,
                       limit: int | None = None, with_detection: bool = True, flip_test: bool = False,
-                      shift_test: bool = False) -> dict[str, Any]:
+                      shift_test: bool = False, orientation_test: bool = False) -> dict[str, Any]:
     """Landmark NME, SSIM and detection rate per UTKFace race group (and gender) against MediaPipe pseudo-labels.
 
     UTKFace is never used for training. Each face is cropped as in the AFLW2000-3D protocol, from the box of its 68
@@ -558,7 +563,7 @@ def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path
         views = test_views(shift_test)
         x, boxes = _crops_from_landmarks(imgs, gts, size, scale, views)
         with torch.inference_mode():
-            out = model(x, flip_test=flip_test, views=views)
+            out = model(x, flip_test=flip_test, views=views, orientation_test=orientation_test)
             box_t = torch.from_numpy(boxes).float()
             lmk = crop_to_image(out.landmarks_2d, box_t, size).numpy()
             ssim = masked_ssim(out, model, x if views is None else x[:, 0])
@@ -682,6 +687,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shift-test", action="store_true",
                         help="also average the crops shifted by 7%% of their side in four directions (5x the "
                              "regressor's time; the synthetic faces are rendered crops and stay single-view)")
+    parser.add_argument("--orientation-test", action="store_true",
+                        help="regress faces lying on their side or upside down turned upright (extra passes only "
+                             "for the crops whose flip disagreement flags them; FaceRecon.crop_orientation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -691,27 +699,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(args.model)
     items = load_aflw2000(args.data, args.limit)
     results: dict[str, Any] = {"model": str(args.model or "default"), "data": str(args.data),
-                               "flip_test": args.flip_test, "shift_test": args.shift_test}
+                               "flip_test": args.flip_test, "shift_test": args.shift_test,
+                               "orientation_test": args.orientation_test}
     results["aflw2000"] = evaluate_aflw2000(model, items, with_ssim="ssim" not in args.skip, flip_test=args.flip_test,
-                                            shift_test=args.shift_test)
+                                            shift_test=args.shift_test, orientation_test=args.orientation_test)
     if "detection" not in args.skip:
         results["detection"] = detection_rate(items)
     if "pipeline" not in args.skip:
         results["pipeline"] = pipeline_nme(model, items, flip_test=args.flip_test, shift_test=args.shift_test,
-                                           refine_steps=args.refine_steps)
+                                           refine_steps=args.refine_steps, orientation_test=args.orientation_test)
         results["pipeline"]["protocol_nme_bins"] = protocol_nme_on_found(results["aflw2000"]["per_image"],
                                                                          results["pipeline"]["per_image"])
     if "synthetic" not in args.skip:
-        results["synthetic"] = synthetic_vertex_error(model, n=args.synthetic, flip_test=args.flip_test)
+        results["synthetic"] = synthetic_vertex_error(model, n=args.synthetic, flip_test=args.flip_test,
+                                                      orientation_test=args.orientation_test)
     if "timing" not in args.skip:
-        results["timing"] = timing(model, items, flip_test=args.flip_test, shift_test=args.shift_test)
+        results["timing"] = timing(model, items, flip_test=args.flip_test, shift_test=args.shift_test,
+                                   orientation_test=args.orientation_test)
     if "fairness" not in args.skip:
         utk = args.fairness_data or Path(__file__).resolve().parents[1].parent / "shared" / "utkface"
         labels = args.pseudo_labels or default_pseudo_labels()
         if utk.is_dir() and labels.is_file():
             results["fairness"] = evaluate_fairness(model, utk, labels, limit=args.limit,
                                                     with_detection="detection" not in args.skip,
-                                                    flip_test=args.flip_test, shift_test=args.shift_test)
+                                                    flip_test=args.flip_test, shift_test=args.shift_test,
+                                                    orientation_test=args.orientation_test)
         else:
             logger.warning("fairness slice skipped: needs %s and %s (make the labels with training/pseudo_label.py)",
                            utk, labels)

@@ -214,13 +214,14 @@ def source_definitions(cfg: TrainConfig, model) -> dict[int, torch.Tensor]:
 
 def evaluate(model, loader: DataLoader, accelerator, extend,
              definitions: dict[int, torch.Tensor] | None = None, flip_test: bool = False,
-             views: torch.Tensor | None = None) -> dict[str, float]:
+             views: torch.Tensor | None = None, orientation_test: bool = False) -> dict[str, float]:
     """Validation NME (68-point layout restricted to the visible targets), gathered over processes.
 
     With ``definitions`` (:func:`source_definitions`) those sources' annotations are compared with their own
     landmark vertices (:func:`training.losses.source_landmarks_2d`). ``flip_test`` averages each crop's prediction with
     its mirror image's (:meth:`FaceRecon.forward`); with (V, 3) ``views`` the loader's images are (B, V, 3, S, S)
-    crops of those views (``benchmarks/own_val.py --shift-test``).
+    crops of those views (``benchmarks/own_val.py --shift-test``); ``orientation_test`` regresses faces lying on
+    their side turned upright (:meth:`FaceRecon.crop_orientation`).
 
     Returns:
         ``{"nme": mean over faces, "n": faces, "nme/<source>": mean over that source's faces, ...}``, plus
@@ -237,7 +238,8 @@ def evaluate(model, loader: DataLoader, accelerator, extend,
     errs, sources, yaw_errs = [], [], []
     with torch.no_grad():
         for batch in loader:
-            out = model(batch["image"], landmarks_only=True, flip_test=flip_test, views=views)
+            out = model(batch["image"], landmarks_only=True, flip_test=flip_test, views=views,
+                        orientation_test=orientation_test)
             pred = source_landmarks_2d(unwrapped, out, batch["source"], definitions or {})
             # Only the 68 iBUG points count for NME (the virtual centres are training aids).
             w = batch["weights"].clone()

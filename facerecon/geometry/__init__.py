@@ -48,7 +48,7 @@ from facerecon.geometry.rotation import (
     procrustes_rotation,
     rotation_6d_to_matrix,
 )
-from facerecon.geometry.sh import SH_CONSTANTS, SH_MIRROR_X_SIGNS, sh_basis, sh_shading, shade
+from facerecon.geometry.sh import SH_CONSTANTS, SH_MIRROR_X_SIGNS, sh_basis, sh_quarter_turn, sh_shading, shade
 
 __all__ = [
     "SH_CONSTANTS",
@@ -74,6 +74,7 @@ __all__ = [
     "rotation_6d_to_matrix",
     "scale_box",
     "sh_basis",
+    "sh_quarter_turn",
     "sh_shading",
     "shade",
     "vertex_face_incidence",

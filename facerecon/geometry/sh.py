@@ -18,7 +18,7 @@ import math
 
 import torch
 
-__all__ = ["SH_CONSTANTS", "SH_MIRROR_X_SIGNS", "sh_basis", "sh_shading", "shade"]
+__all__ = ["SH_CONSTANTS", "SH_MIRROR_X_SIGNS", "sh_basis", "sh_quarter_turn", "sh_shading", "shade"]
 
 _K1 = 2.0 / math.sqrt(3.0)
 _K2 = math.sqrt(15.0) / 4.0
@@ -32,6 +32,30 @@ SH_CONSTANTS: tuple[float, ...] = (1.0, _K1, _K1, _K1, _K2, _K2, _K3, _K2, _K4)
 #: Sign of each basis function under the mirror x -> -x (the terms odd in x: x, xy, xz): the SH coefficients of
 #: the mirror-image lighting are ``coeffs * SH_MIRROR_X_SIGNS`` per basis index.
 SH_MIRROR_X_SIGNS: tuple[float, ...] = (1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, 1.0)
+
+#: Under the quarter turn ``Q n = (-y, x, z)`` basis function ``i`` becomes ``sign * basis[index]``:
+#: ``sh_basis(Q n)[i] == _QUARTER_SIGNS[i] * sh_basis(n)[_QUARTER_INDEX[i]]``.
+_QUARTER_INDEX = (0, 3, 2, 1, 4, 7, 6, 5, 8)
+_QUARTER_SIGNS = (1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0)
+
+
+def sh_quarter_turn(turns: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """SH coefficient maps of the lighting turned with the scene about the view axis by quarter turns.
+
+    Args:
+        turns: (B,) integer quarter turns ``k`` (any integers; taken modulo 4).
+        dtype: dtype of the result.
+
+    Returns:
+        (B, 9, 9) matrices ``P`` with ``sh_basis(Q^k n) @ (P @ c) == sh_basis(n) @ c`` for every unit normal ``n``
+        and coefficients ``c``: ``P @ c`` lights the turned scene as ``c`` lit the original one.
+
+    Convention: view frame (+y up, +z towards the camera); ``Q n = (-y, x, z)`` turns counter-clockwise as displayed.
+    """
+    one = torch.zeros(9, 9, dtype=torch.float64)
+    one[range(9), _QUARTER_INDEX] = torch.tensor(_QUARTER_SIGNS, dtype=torch.float64)
+    powers = torch.stack([torch.linalg.matrix_power(one, k) for k in range(4)]).to(device=turns.device, dtype=dtype)
+    return powers[turns.long().remainder(4)]
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:

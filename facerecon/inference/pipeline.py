@@ -156,13 +156,15 @@ class Reconstructor:
             ``refine_steps > 0``). Off by default: on the AFLW2000-3D dev photos with detection (one refine step)
             the landmark NME changed by -0.01 +/- 0.01 / +0.02 +/- 0.02 / +0.16 +/- 0.14 % per yaw bin (paired,
             noise) while each pipeline call took 4-10 ms longer.
+        orientation_test: regress faces lying on their side or upside down in the crop turned upright
+            (:meth:`FaceRecon.crop_orientation`): extra passes only for the crops whose flip disagreement flags them.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 2,
                  detection_scale: float | None = None, detection_shift: float = 0.13, backend: str = "torch",
                  onnx_path: str | os.PathLike | None = None, fuse: bool = True,
                  onnx_threads: int | None = None, flip_test: bool = False, shift_test: bool = False,
-                 placement_views: bool = False) -> None:
+                 placement_views: bool = False, orientation_test: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model.eval()
@@ -170,6 +172,7 @@ class Reconstructor:
         self.fuse = fuse
         self.flip_test = bool(flip_test)
         self.shift_test = bool(shift_test)
+        self.orientation_test = bool(orientation_test)
         if shift_test:
             from facerecon.models.facerecon import SHIFT_TEST_VIEWS
 
@@ -219,12 +222,13 @@ class Reconstructor:
         views = self.views if use_views else None
         if self._onnx is not None:
             with torch.inference_mode():
-                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test, views)
+                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test, views,
+                                                             self.orientation_test)
                 return self.model.decode(params, attention=attention, landmarks_only=landmarks_only)
         backbone = self._fused_backbone()  # built outside inference mode: its tensors are ordinary ones
         with torch.inference_mode():
             return self.model(crops, landmarks_only=landmarks_only, backbone=backbone, flip_test=self.flip_test,
-                              views=views)
+                              views=views, orientation_test=self.orientation_test)
 
     def _fused_backbone(self) -> torch.nn.Module | None:
         """The BatchNorm-folded backbone copy (rebuilt when the weights or the device change), or None."""

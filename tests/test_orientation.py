@@ -1,0 +1,155 @@
+"""The orientation test: quarter turns of crops, parameters, views and SH lighting; turned faces found and undone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facerecon.geometry import sh_basis, sh_quarter_turn, sh_shading, view_boxes
+from facerecon.models.facerecon import SHIFT_TEST_VIEWS, turn_views
+
+ASTRONAUT_BOX = [150.0, 60.0, 250.0, 170.0]
+
+
+def _turn_points(points: torch.Tensor, turns: int, size: int) -> torch.Tensor:
+    """Pixel positions after ``torch.rot90(image, turns, dims=(-2, -1))`` of a ``size`` x ``size`` image."""
+    for _ in range(turns % 4):
+        points = torch.stack([points[..., 1], (size - 1) - points[..., 0]], dim=-1)
+    return points
+
+
+def test_sh_quarter_turn_lights_the_turned_scene_alike():
+    gen = torch.Generator().manual_seed(0)
+    normals = torch.nn.functional.normalize(torch.randn(200, 3, generator=gen, dtype=torch.float64), dim=-1)
+    coeffs = torch.randn(4, 9, 3, generator=gen, dtype=torch.float64)
+    quarter = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    p = sh_quarter_turn(torch.tensor([0, 1, 2, -1]), dtype=torch.float64)
+    for k, turns in enumerate((0, 1, 2, 3)):
+        turned = normals @ torch.linalg.matrix_power(quarter, turns).T
+        torch.testing.assert_close(sh_shading(turned[None], (p[k] @ coeffs[k])[None]),
+                                   sh_shading(normals[None], coeffs[k][None]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(p[0], torch.eye(9, dtype=torch.float64))
+    torch.testing.assert_close(p[1] @ p[3], torch.eye(9, dtype=torch.float64))  # -1 == 3 turns: the inverse
+    # A light from +x (the basis' x term) turns to +y after one counter-clockwise turn.
+    light = torch.zeros(9, dtype=torch.float64)
+    light[3] = 1.0
+    assert torch.equal(p[1] @ light, torch.eye(9, dtype=torch.float64)[1])
+    assert sh_basis(normals).shape == (200, 9)
+
+
+def test_turn_views_analytic_and_cycle():
+    views = torch.tensor(SHIFT_TEST_VIEWS)
+    one = turn_views(views, 1)
+    torch.testing.assert_close(one[1], torch.tensor([1.0, 0.0, -0.07]))  # right -> up on screen
+    torch.testing.assert_close(one[3], torch.tensor([1.0, 0.07, 0.0]))  # down -> right
+    torch.testing.assert_close(turn_views(views, 4), views)
+    torch.testing.assert_close(turn_views(turn_views(views, 3), 1), views)
+
+
+def test_turned_view_boxes_cut_the_turned_crops(astronaut):
+    from facerecon.inference.crop import crop_face
+
+    size, w = 64, astronaut.shape[1]
+    box = torch.tensor([ASTRONAUT_BOX], dtype=torch.float64)
+    x0, y0, x1, y1 = ASTRONAUT_BOX
+    turned_box = torch.tensor([[y0, (w - 1) - x1, y1, (w - 1) - x0]], dtype=torch.float64)
+    turned_image = np.ascontiguousarray(np.rot90(astronaut, 1))
+    views = torch.tensor(SHIFT_TEST_VIEWS)
+    plain = view_boxes(box, views)[0].numpy()
+    turned = view_boxes(turned_box, turn_views(views, 1))[0].numpy()
+    unturned = view_boxes(turned_box, views)[0].numpy()
+    for v in range(len(views)):
+        expected = np.rot90(crop_face(astronaut, plain[v], size), 1).astype(int)
+        diff = np.abs(crop_face(turned_image, turned[v], size).astype(int) - expected)
+        assert diff.max() <= 4 and diff.mean() < 0.1  # resampling rounding only
+        if v:  # the shifted views without the turn cut other crops
+            assert np.abs(crop_face(turned_image, unturned[v], size).astype(int) - expected).mean() > 5
+
+
+def test_rotate_parameters_turns_landmarks_keeps_colours_and_inverts(tiny_model):
+    size = tiny_model.config.input_size
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        params, _ = tiny_model.regress_crops(torch.rand(3, 3, size, size, generator=gen), _regressor(tiny_model))
+        base = tiny_model.decode(params)
+        for turns in (1, 2, 3, -1):
+            k = torch.full((3,), turns)
+            out = tiny_model.decode(tiny_model.rotate_parameters(params, k))
+            torch.testing.assert_close(out.landmarks_2d, _turn_points(base.landmarks_2d, turns, size),
+                                       rtol=0, atol=1e-3)
+            torch.testing.assert_close(out.colors, base.colors, rtol=0, atol=1e-5)
+            back = tiny_model.rotate_parameters(tiny_model.rotate_parameters(params, k), -k)
+            torch.testing.assert_close(back.rotation, params.rotation, rtol=0, atol=1e-6)
+            torch.testing.assert_close(back.lighting, params.lighting, rtol=0, atol=1e-6)
+        mixed = tiny_model.rotate_parameters(params, torch.tensor([0, 1, 2]))
+        torch.testing.assert_close(mixed.rotation[0], params.rotation[0], rtol=0, atol=0)
+        assert not torch.allclose(mixed.rotation[1], params.rotation[1])
+
+
+def _regressor(model):
+    def run(x):
+        tokens, attention = model.head(model.backbone(x))
+        return model.regress(tokens), attention
+    return run
+
+
+@pytest.fixture(scope="module")
+def default_model(ict_dir):
+    from facerecon.hub import load_model
+
+    return load_model(None).eval()
+
+
+@pytest.fixture(scope="module")
+def face_crop(default_model, astronaut):
+    from facerecon.inference.crop import crop_face, square_box
+
+    x0, y0, x1, y1 = ASTRONAUT_BOX
+    box = square_box((0.5 * (x0 + x1), 0.5 * (y0 + y1)), 1.1 * max(x1 - x0, y1 - y0))
+    crop = crop_face(astronaut, box, default_model.config.input_size)
+    return torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_orientation_test_turns_a_sideways_face_upright(default_model, face_crop, flip_test):
+    size = default_model.config.input_size
+    with torch.no_grad():
+        upright = default_model(face_crop, flip_test=flip_test, orientation_test=True)
+        plain = default_model(face_crop, flip_test=flip_test)
+        torch.testing.assert_close(upright.landmarks_2d, plain.landmarks_2d, rtol=0, atol=0)  # upright: untouched
+        for turns in (1, 3):  # (upside down, this face's flip disagreement is 1.5x the upright one's: kept as is)
+            crops = torch.rot90(face_crop, turns, dims=(-2, -1))
+            expected = _turn_points(plain.landmarks_2d, turns, size)
+            out = default_model(crops, flip_test=flip_test, orientation_test=True)
+            torch.testing.assert_close(out.landmarks_2d, expected, rtol=0, atol=2e-3)
+            torch.testing.assert_close(out.attention, torch.rot90(plain.attention, turns, dims=(-2, -1)),
+                                       rtol=0, atol=1e-5)
+            without = default_model(crops, flip_test=flip_test)
+            assert (without.landmarks_2d - expected).norm(dim=-1).mean() > 0.05 * size
+
+
+def test_orientation_test_with_views_and_in_a_batch(default_model, face_crop):
+    """Views turn with the face; faces in one batch get their own turns."""
+    views = torch.tensor(SHIFT_TEST_VIEWS)
+    stack = face_crop[:, None].expand(-1, len(views), -1, -1, -1)  # all views alike: only the bookkeeping counts
+    batch = torch.cat([stack, torch.rot90(stack, 1, dims=(-2, -1))])
+    size = default_model.config.input_size
+    with torch.no_grad():
+        out = default_model(batch, flip_test=True, views=turn_views(views, 0), orientation_test=True)
+        ref = default_model(stack, flip_test=True, views=views)
+        torch.testing.assert_close(out.landmarks_2d[0], ref.landmarks_2d[0], rtol=0, atol=1e-3)
+        # The turned face's views were regressed upright with views turned back: its merged shifts differ from the
+        # plain ones only by that turn, so its landmarks are the upright merge turned.
+        regressor = _regressor(default_model)
+        turns = default_model.crop_orientation(batch[:, 0], regressor, *_pair(default_model, batch[:, 0], regressor))
+        assert turns.tolist() == [0, 3]
+        turned_ref = default_model(stack, flip_test=True, views=turn_views(views, 3))
+        torch.testing.assert_close(out.landmarks_2d[1], _turn_points(turned_ref.landmarks_2d[0], 1, size),
+                                   rtol=0, atol=2e-3)
+
+
+def _pair(model, crops, regressor):
+    p, _ = regressor(torch.cat([crops, crops.flip(-1)]))
+    n = crops.shape[0]
+    return p[:n], p[n:]
