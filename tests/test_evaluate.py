@@ -189,11 +189,16 @@ def test_model_card_from_results(tmp_path):
     cfg = {"model": {"backbone": "x", "landmarks": "refined-v3"}, "pseudo_sources": ["aflw"], "pseudo_jaw_max_yaw": 30,
            "pseudo_jaw_depth": False, "loss": {"yaw": 0.2}}
     flipped = render_card(dict(ev, flip_test=True), {"config": cfg}, "cmd --flip-test", plain=plain)
-    assert "Measured with the flip test" in flipped and "| NME balanced / pose MAE mean, single pass (no flip or " \
-        "shift test) | 5.00 / 2.50 |" in flipped and "With the shift test" not in flipped
+    assert "Measured with the flip test" in flipped and "| NME balanced / pose MAE mean, single pass (no flip, " \
+        "shift or orientation test) | 5.00 / 2.50 |" in flipped and "With the shift test" not in flipped
     shifted = render_card(dict(ev, flip_test=True, shift_test=True), {"config": cfg}, "cmd",
                           plain=dict(plain, flip_test=True))
     assert "With the shift test (`--shift-test`" in shifted and "mean, with the flip test | 5.00 / 2.50 |" in shifted
+    assert "orientation test (`--orientation-test`" not in shifted
+    oriented = render_card(dict(ev, flip_test=True, shift_test=True, orientation_test=True), {"config": cfg}, "cmd",
+                           plain=dict(plain, flip_test=True, orientation_test=True))
+    assert "With the orientation test (`--orientation-test`" in oriented
+    assert "mean, with the flip + orientation test | 5.00 / 2.50 |" in oriented
     pipe = {"refine_steps": 2, "nme_balanced": 0.054, "found": 0.95,
             "nme_bins": {"[0, 30]": {"nme": 0.035}, "(30, 60]": {"nme": 0.055}, "(60, 90]": {"nme": 0.072}}}
     assert "with detection (not the protocol's crop), balanced (%; per bin) | 5.40 (3.50 / 5.50 / 7.20; 95.0% of" \

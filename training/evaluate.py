@@ -659,6 +659,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         rows.append(("Flip test (mirrored crop averaged)", "yes"))
     if results.get("shift_test"):
         rows.append(("Shift test (4 shifted crops averaged; not the synthetic faces)", "yes"))
+    if results.get("orientation_test"):
+        rows.append(("Orientation test (faces on their side regressed upright)", "yes"))
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 

@@ -118,8 +118,9 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         lines.append(f"| Rotation error, geodesic (deg): all (per yaw bin) | {pose['geodesic']:.2f} ({per_bin}) |")
     if plain is not None:
         pa = plain["aflw2000"]
-        tests = [n for n, k in (("flip", "flip_test"), ("shift", "shift_test")) if plain.get(k)]
-        mode = f"with the {' + '.join(tests)} test" if tests else "single pass (no flip or shift test)"
+        tests = [n for n, k in (("flip", "flip_test"), ("shift", "shift_test"), ("orientation", "orientation_test"))
+                 if plain.get(k)]
+        mode = f"with the {' + '.join(tests)} test" if tests else "single pass (no flip, shift or orientation test)"
         lines.append(f"| NME balanced / pose MAE mean, {mode} | {_pct(pa['nme_balanced'])} / "
                      f"{pa['pose_mae_deg']['mean']:.2f} |")
     if "ssim" in a and a["ssim"] == a["ssim"]:
@@ -156,7 +157,11 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         + (" With the shift test (`--shift-test`, also the default there) the crop and four crops shifted by 7 % of "
            "its side are regressed and the parameters, mapped into the crop's frame, averaged: 5x the regressor's "
            "cost (10x with the flip test); the synthetic faces are rendered crops and are measured without it."
-           if ev.get("shift_test") else ""),
+           if ev.get("shift_test") else "")
+        + (" With the orientation test (`--orientation-test`, also the default there) a crop whose landmarks disagree "
+           "with its mirror image's by more than 3 % of the crop side is also regressed turned by 90, 180 and 270 "
+           "degrees, and a face lying on its side is regressed upright (the outputs mapped back); only the crops it "
+           "flags cost extra passes." if ev.get("orientation_test") else ""),
         "",
         "## Training",
         "",
