@@ -153,3 +153,34 @@ def _pair(model, crops, regressor):
     p, _ = regressor(torch.cat([crops, crops.flip(-1)]))
     n = crops.shape[0]
     return p[:n], p[n:]
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_unturn_box_maps_a_pixel_back(turns):
+    from facerecon.inference.pipeline import unturn_box
+
+    image = np.zeros((10, 20), dtype=np.uint8)
+    image[3, 7] = 1  # x = 7, y = 3
+    y, x = np.argwhere(np.rot90(image, turns))[0]
+    box = unturn_box(np.array([x - 0.5, y - 0.5, x + 1.5, y + 0.5]), turns, image.shape)
+    wide = {0: [6.5, 2.5, 8.5, 3.5], 1: [6.5, 2.5, 7.5, 4.5], 2: [5.5, 2.5, 7.5, 3.5], 3: [6.5, 1.5, 7.5, 3.5]}
+    np.testing.assert_allclose(box, wide[turns])  # a box 2 px wide in the turned image, around the pixel
+
+
+@pytest.mark.parametrize("turns", [1, 3])
+def test_pipeline_finds_a_sideways_face(default_model, astronaut, turns):
+    from facerecon.errors import NoFaceError
+
+    upright = default_model.reconstruct(astronaut)[0]
+    photo = np.ascontiguousarray(np.rot90(astronaut, turns))
+    with pytest.raises(NoFaceError):
+        default_model.reconstruct(photo, orientation_test=False)
+    face = default_model.reconstruct(photo)[0]
+    expected = torch.from_numpy(upright.landmarks.copy())
+    for j in range(turns):  # pixel (x, y) of an image of width W goes to (y, W - 1 - x) per turn
+        width = astronaut.shape[1] if j % 2 == 0 else astronaut.shape[0]
+        expected = torch.stack([expected[:, 1], (width - 1) - expected[:, 0]], dim=-1)
+    np.testing.assert_allclose(face.landmarks, expected.numpy(), atol=0.5)
+    assert abs(face.roll - upright.roll) == pytest.approx(90, abs=5)
+    assert face.detection is not None
+    assert face.box[2] - face.box[0] == pytest.approx(upright.box[2] - upright.box[0], abs=0.1)

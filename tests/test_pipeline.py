@@ -72,9 +72,9 @@ def test_shift_test_views_only_in_the_final_pass_by_default(model, astronaut, pl
     seen = []
     forward = rec.forward
 
-    def spy(crops, landmarks_only=False, use_views=True):
+    def spy(crops, landmarks_only=False, use_views=True, turns=None):
         seen.append((tuple(crops.shape[:2]) if crops.dim() == 5 else (crops.shape[0],), landmarks_only, use_views))
-        return forward(crops, landmarks_only=landmarks_only, use_views=use_views)
+        return forward(crops, landmarks_only=landmarks_only, use_views=use_views, turns=turns)
 
     rec.forward = spy
     faces = rec(astronaut, box=[150, 60, 250, 170])

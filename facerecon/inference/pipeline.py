@@ -125,6 +125,36 @@ class Reconstruction(MeshExport):
 DETECTION_SCALE = 1.45
 
 
+#: Smallest detector score (:attr:`FaceBox.score`) of a face found only in the turned photo
+#: (:meth:`Reconstructor.detect`): the cascades fire at 0.26-0.45 on some turned photos without a face
+#: (scikit-image's coffee, rocket and camera photos), while the astronaut photo's face lying on its side scores 0.94.
+TURNED_MIN_SCORE = 0.5
+
+
+def unturn_box(box: np.ndarray, turns: int, shape: tuple[int, int]) -> np.ndarray:
+    """Map a box found in ``np.rot90(image, turns)`` back to ``image``.
+
+    Args:
+        box: (4,) ``[x0, y0, x1, y1]`` in the turned image's pixels.
+        turns: counter-clockwise quarter turns of the image (``np.rot90(image, turns)``).
+        shape: ``(height, width)`` of the original image.
+
+    Returns:
+        (4,) the box in the original image's pixels (quarter turns keep boxes axis-aligned).
+
+    Convention: continuous edge coordinates, 0-based pixel centres; one turn maps pixel ``(x, y)`` of an image of
+    width ``W`` to ``(y, W - 1 - x)``.
+    """
+    b = np.asarray(box, dtype=np.float64)
+    h, w = shape
+    widths = [w if j % 2 == 0 else h for j in range(4)]  # width of the image after j turns
+    for j in range(int(turns) % 4, 0, -1):  # undo turn j: (x', y') -> (W - 1 - y', x'), W of the image before it
+        x0, y0, x1, y1 = b
+        width = widths[j - 1]
+        b = np.array([width - 1 - y1, x0, width - 1 - y0, x1])
+    return b
+
+
 class Reconstructor:
     """Callable pipeline around a :class:`FaceRecon` model.
 
@@ -156,8 +186,12 @@ class Reconstructor:
             ``refine_steps > 0``). Off by default: on the AFLW2000-3D dev photos with detection (one refine step)
             the landmark NME changed by -0.01 +/- 0.01 / +0.02 +/- 0.02 / +0.16 +/- 0.14 % per yaw bin (paired,
             noise) while each pipeline call took 4-10 ms longer.
-        orientation_test: regress faces lying on their side or upside down in the crop turned upright
-            (:meth:`FaceRecon.crop_orientation`): extra passes only for the crops whose flip disagreement flags them.
+        orientation_test: find and regress faces lying on their side or upside down. When the detector finds no
+            face in the photo, it also looks in the photo turned by 90, 270 and 180 degrees (in that order), and the
+            faces it finds there are regressed with their crops turned upright, the results mapped back. A face box
+            given by the caller gets the model's orientation test instead (:meth:`FaceRecon.crop_orientation`:
+            extra passes only for the crops whose flip disagreement flags them). Faces the detector finds upright
+            are regressed as they are.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 2,
@@ -213,22 +247,24 @@ class Reconstructor:
         center = (0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]) + self.detection_shift * h)
         return square_box(center, self.detection_scale * max(w, h))
 
-    def forward(self, crops: torch.Tensor, landmarks_only: bool = False, use_views: bool = True) -> FaceReconOutput:
+    def forward(self, crops: torch.Tensor, landmarks_only: bool = False, use_views: bool = True,
+                turns: torch.Tensor | None = None) -> FaceReconOutput:
         """Run the regressor of the chosen back-end on crops in [0, 1] and decode (no gradients).
 
         ``crops`` is (B, 3, S, S), or (B, V, 3, S, S) with the shift test (the crops of :attr:`views`) unless
-        ``use_views`` is False.
+        ``use_views`` is False. ``turns`` (B,) are known quarter turns that bring the faces upright (see
+        :meth:`FaceRecon.forward`); without them the model's orientation test runs when :attr:`orientation_test`.
         """
         views = self.views if use_views else None
+        test = self.orientation_test and turns is None
         if self._onnx is not None:
             with torch.inference_mode():
-                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test, views,
-                                                             self.orientation_test)
+                params, attention = self.model.regress_crops(crops, self._onnx, self.flip_test, views, test, turns)
                 return self.model.decode(params, attention=attention, landmarks_only=landmarks_only)
         backbone = self._fused_backbone()  # built outside inference mode: its tensors are ordinary ones
         with torch.inference_mode():
             return self.model(crops, landmarks_only=landmarks_only, backbone=backbone, flip_test=self.flip_test,
-                              views=views, orientation_test=self.orientation_test)
+                              views=views, orientation_test=test, turns=turns)
 
     def _fused_backbone(self) -> torch.nn.Module | None:
         """The BatchNorm-folded backbone copy (rebuilt when the weights or the device change), or None."""
@@ -246,10 +282,12 @@ class Reconstructor:
             return self._fused[2]
 
     def regress(self, image: np.ndarray, boxes: np.ndarray, landmarks_only: bool = False,
-                use_views: bool = True) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
+                use_views: bool = True, turns: torch.Tensor | None = None
+                ) -> tuple[FaceReconOutput, torch.Tensor, np.ndarray]:
         """Run the model on the crops of ``boxes`` (K, 4) (``landmarks_only`` skips the dense mesh).
 
-        ``use_views=False`` skips the shift test's views in this pass (the crop-placement passes).
+        ``use_views=False`` skips the shift test's views in this pass (the crop-placement passes); ``turns`` (K,) are
+        known quarter turns that bring the faces upright (see :meth:`forward`).
 
         Returns:
             The model output, (K, 68, 2) landmarks in image pixels and the (K, S, S, 3) uint8 crops.
@@ -263,7 +301,7 @@ class Reconstructor:
             vb = view_boxes(torch.as_tensor(boxes, dtype=torch.float64), self.views.double()).numpy()
             views = np.stack([[crops[k]] + [crop_face(image, b, size) for b in vb[k, 1:]] for k in range(len(boxes))])
             x = torch.from_numpy(views).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
-        out = self.forward(x, landmarks_only=landmarks_only, use_views=use_views)
+        out = self.forward(x, landmarks_only=landmarks_only, use_views=use_views, turns=turns)
         box_t = torch.as_tensor(boxes, dtype=torch.float32, device=device)
         return out, crop_to_image(out.landmarks_2d.float(), box_t, size), crops
 
@@ -284,26 +322,56 @@ class Reconstructor:
         """
         img = load_image(image)
         h, w = img.shape[:2]
+        turns: torch.Tensor | None = None  # None: a given box (the model's orientation test decides)
         if box is not None:
             detections = [np.asarray(box, dtype=np.float64)]
+            boxes = np.stack([self.crop_from_detection(b) for b in detections])
         else:
-            found = self.detector(img)
-            if not found:
+            detections, boxes, k = self.detect(img)
+            if not detections:
                 raise NoFaceError(f"no face found in the {w}x{h} image; try a larger, frontal, well-lit face or "
                                   "pass a face box")
-            detections = [f.as_array() for f in found]
+            turns = torch.full((len(detections),), k, dtype=torch.long)
         if max_faces is not None:
-            detections = detections[:max_faces]
-        boxes = np.stack([self.crop_from_detection(b) for b in detections])
+            detections, boxes = detections[:max_faces], boxes[:max_faces]
+            turns = None if turns is None else turns[:max_faces]
         # Passes before the last only need landmarks to place the next crop (and, by default, no shift test views).
         steps = self.refine_steps
         out, lmk, crops = self.regress(img, boxes, landmarks_only=steps > 0,
-                                       use_views=steps == 0 or self.placement_views)
+                                       use_views=steps == 0 or self.placement_views, turns=turns)
         for k in range(steps):
             boxes = box_from_points(lmk, scale=self.model.config.crop_scale).double().cpu().numpy()
             last = k == steps - 1
-            out, lmk, crops = self.regress(img, boxes, landmarks_only=not last, use_views=last or self.placement_views)
+            out, lmk, crops = self.regress(img, boxes, landmarks_only=not last, use_views=last or self.placement_views,
+                                           turns=turns)
         return [self._result(out, k, lmk[k], boxes[k], detections[k], (w, h), crops[k]) for k in range(len(boxes))]
+
+    def detect(self, image: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, int]:
+        """Detector boxes, their crop boxes and the quarter turns of the photo they were found in.
+
+        The detector runs on the photo; when it finds nothing and :attr:`orientation_test` is on, on the photo turned
+        by 1, 2 and 3 quarter turns (``np.rot90``, counter-clockwise), keeping detections that score at least
+        :data:`TURNED_MIN_SCORE`, and the turn whose strongest detection scores highest wins. The crop box is placed
+        in the frame the face was found in (:meth:`crop_from_detection` shifts it towards the chin) and both boxes
+        are mapped back to the photo (:func:`unturn_box`).
+
+        Returns:
+            Detector boxes and (K, 4) crop boxes in photo pixels (empty when no face was found), and ``k``: turning
+            a crop by ``k`` quarter turns brings its face upright.
+        """
+        found, k = self.detector(image), 0
+        if not found and self.orientation_test:
+            candidates = [([f for f in self.detector(np.ascontiguousarray(np.rot90(image, t)))
+                            if f.score >= TURNED_MIN_SCORE], t) for t in (1, 2, 3)]
+            candidates = [c for c in candidates if c[0]]
+            if candidates:
+                found, k = max(candidates, key=lambda c: max(f.score for f in c[0]))
+        if not found:
+            return [], np.zeros((0, 4)), 0
+        shape = image.shape[:2]
+        detections = [unturn_box(f.as_array(), k, shape) for f in found]
+        boxes = np.stack([unturn_box(self.crop_from_detection(f.as_array()), k, shape) for f in found])
+        return detections, boxes, k
 
     def _result(self, out: FaceReconOutput, k: int, landmarks: torch.Tensor, box: np.ndarray,
                 detection: np.ndarray | None, image_size: tuple[int, int], crop: np.ndarray) -> Reconstruction:

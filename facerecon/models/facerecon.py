@@ -298,7 +298,7 @@ class FaceRecon(
 
     def forward(self, images: torch.Tensor, landmarks_only: bool = False, backbone: nn.Module | None = None,
                 flip_test: bool = False, views: torch.Tensor | None = None,
-                orientation_test: bool = False) -> FaceReconOutput:
+                orientation_test: bool = False, turns: torch.Tensor | None = None) -> FaceReconOutput:
         """Reconstruct faces from crops.
 
         Args:
@@ -318,6 +318,8 @@ class FaceRecon(
             orientation_test: faces lying on their side or upside down in the crop are found by the flip
                 disagreement of their landmarks (:meth:`crop_orientation`) and regressed turned upright; the outputs
                 are mapped back to the crop's frame. It costs extra passes only for the few crops it checks.
+            turns: optional (B,) known quarter turns that bring each face upright (as ``torch.rot90(crop, k)``;
+                e.g. from a detector run on a turned photo): those faces are regressed turned, without the test.
 
         Returns:
             :class:`FaceReconOutput`.
@@ -332,14 +334,15 @@ class FaceRecon(
             tokens, attention = self.head((backbone or self.backbone)(x))
             return self.regress(tokens), attention
 
-        params, attention = self.regress_crops(images, run, flip_test, views, orientation_test)
+        params, attention = self.regress_crops(images, run, flip_test, views, orientation_test, turns)
         return self.decode(params, attention=attention, landmarks_only=landmarks_only)
 
     def regress_crops(self, images: torch.Tensor,
                       regressor: Callable[[torch.Tensor], tuple[FaceParameters, torch.Tensor]],
                       flip_test: bool = False,
                       views: torch.Tensor | None = None,
-                      orientation_test: bool = False) -> tuple[FaceParameters, torch.Tensor]:
+                      orientation_test: bool = False,
+                      turns: torch.Tensor | None = None) -> tuple[FaceParameters, torch.Tensor]:
         """Run ``regressor`` (crops -> parameters, attention) on crops, with the optional flip, view, turn tests.
 
         Args:
@@ -350,22 +353,28 @@ class FaceRecon(
             views: optional (V, 3) views ``(m, dx, dy)`` of ``images`` (:meth:`merge_views` averages them).
             orientation_test: regress the faces that :meth:`crop_orientation` finds turned by quarter turns upright
                 (all their views turned alike) and map the result back (:meth:`rotate_parameters`).
+            turns: (B,) known quarter turns instead of the orientation test's (see :meth:`forward`).
 
         Returns:
             (B) parameters and the attention of the unflipped crops (of view 0). The torch forward and the ONNX
             back-end share this.
         """
         params, attention, raw = self._regress_views(images, regressor, flip_test, views)
-        if not orientation_test:
-            return params, attention
-        b = images.shape[0]
-        base = images[:, 0] if views is not None else images
-        first = torch.arange(b, device=images.device) * (views.shape[0] if views is not None else 1)
-        if flip_test:
-            upright, mirrored = raw[first], raw[first + raw.scale.shape[0] // 2]
+        if turns is not None:
+            if turns.shape != (images.shape[0],):
+                raise ValueError(f"turns must be ({images.shape[0]},) quarter turns, got shape {tuple(turns.shape)}")
+            turns = turns.to(images.device).long().remainder(4)
+        elif orientation_test:
+            b = images.shape[0]
+            base = images[:, 0] if views is not None else images
+            first = torch.arange(b, device=images.device) * (views.shape[0] if views is not None else 1)
+            if flip_test:
+                upright, mirrored = raw[first], raw[first + raw.scale.shape[0] // 2]
+            else:
+                upright, mirrored = raw[first], regressor(base.flip(-1))[0]
+            turns = self.crop_orientation(base, regressor, upright, mirrored)
         else:
-            upright, mirrored = raw[first], regressor(base.flip(-1))[0]
-        turns = self.crop_orientation(base, regressor, upright, mirrored)
+            return params, attention
         for k in (1, 2, 3):
             sel = (turns == k).nonzero().flatten()
             if len(sel) == 0:
