@@ -245,11 +245,15 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "## Limitations",
         "",
         "- Trained from scratch (no ImageNet weights could be downloaded) on about 8,000 real faces plus synthetic "
-        "renders, on 2 CPU cores for about 11 hours in all: accuracy is well below published GPU-trained models, "
+        "renders, on 2 CPU cores for about 20 hours in all: accuracy is well below published GPU-trained models, "
         "especially beyond 60 degrees of yaw, and pitch is the least accurate angle (it changes the 2D landmarks "
         "little under a weak-perspective camera).",
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
         "face-like patterns; pass a box to `reconstruct` when you have one.",
+        "- In-plane rotation: training turned the crops by at most 30 degrees. The orientation test regresses faces "
+        "lying on their side or upside down upright (found by the flip disagreement of their landmarks, or by "
+        "the detector in the turned photo), but faces tilted by about 45 degrees or looking steeply down can be "
+        "misread or turned the wrong way.",
         "- Occlusions (hands, masks, sunglasses) were only simulated in training.",
         _fairness_limitation(ev.get("fairness"), bool(cfg.get("pseudo_sources"))),
         "- Weak perspective camera: no absolute depth or focal length.",
