@@ -22,10 +22,7 @@ import torch
 
 def disagreements(model, crops: torch.Tensor, batch: int = 128) -> torch.Tensor:
     """(N, 4) flip disagreement of each crop turned by 0-3 quarter turns (single pass)."""
-    def regress(x: torch.Tensor):
-        tokens, attention = model.head(model.backbone(x))
-        return model.regress(tokens), attention
-
+    regress = model.regressor()
     out = []
     with torch.inference_mode():
         for i in range(0, len(crops), batch):
@@ -40,15 +37,8 @@ def disagreements(model, crops: torch.Tensor, batch: int = 128) -> torch.Tensor:
     return torch.cat(out)
 
 
-def rule(d: torch.Tensor, gate: float, ratio: float) -> torch.Tensor:
-    """(N,) turns the orientation test picks from (N, 4) disagreements (column 0: the crop as given)."""
-    best, k = d[:, 1:].min(-1)
-    turn = (d[:, 0] > gate) & (best < ratio * d[:, 0])
-    return torch.where(turn, k + 1, torch.zeros_like(k))
-
-
 def main(argv: list[str] | None = None) -> int:
-    from facerecon.models.facerecon import FaceRecon
+    from facerecon.models.facerecon import FaceRecon, orientation_turns
     from training.config import load_config
     from training.data import RealFaceDataset
     from training.train import validation_records
@@ -76,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for gate in (0.02, 0.03, 0.04, 0.05):
         for ratio in (0.3, 0.4, 0.5, 0.6, 0.7):
-            false = int((rule(given[0], gate, ratio) != 0).sum())
-            rec = [float((rule(given[j], gate, ratio) == (4 - j) % 4).float().mean()) for j in (1, 2, 3)]
+            false = int((orientation_turns(given[0], gate, ratio) != 0).sum())
+            rec = [float((orientation_turns(given[j], gate, ratio) == (4 - j) % 4).float().mean()) for j in (1, 2, 3)]
             checked = float((given[0][:, 0] > gate).float().mean())
             rows.append({"gate": gate, "ratio": ratio, "false_turns": false, "recovered": rec, "checked": checked})
             print(f"| {gate} | {ratio} | {false} | {' / '.join(f'{r:.3f}' for r in rec)} | {checked:.3f} |")

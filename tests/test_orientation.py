@@ -71,7 +71,7 @@ def test_rotate_parameters_turns_landmarks_keeps_colours_and_inverts(tiny_model)
     size = tiny_model.config.input_size
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        params, _ = tiny_model.regress_crops(torch.rand(3, 3, size, size, generator=gen), _regressor(tiny_model))
+        params, _ = tiny_model.regress_crops(torch.rand(3, 3, size, size, generator=gen), tiny_model.regressor())
         base = tiny_model.decode(params)
         for turns in (1, 2, 3, -1):
             k = torch.full((3,), turns)
@@ -85,13 +85,6 @@ def test_rotate_parameters_turns_landmarks_keeps_colours_and_inverts(tiny_model)
         mixed = tiny_model.rotate_parameters(params, torch.tensor([0, 1, 2]))
         torch.testing.assert_close(mixed.rotation[0], params.rotation[0], rtol=0, atol=0)
         assert not torch.allclose(mixed.rotation[1], params.rotation[1])
-
-
-def _regressor(model):
-    def run(x):
-        tokens, attention = model.head(model.backbone(x))
-        return model.regress(tokens), attention
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +134,7 @@ def test_orientation_test_with_views_and_in_a_batch(default_model, face_crop):
         torch.testing.assert_close(out.landmarks_2d[0], ref.landmarks_2d[0], rtol=0, atol=1e-3)
         # The turned face's views were regressed upright with views turned back: its merged shifts differ from the
         # plain ones only by that turn, so its landmarks are the upright merge turned.
-        regressor = _regressor(default_model)
+        regressor = default_model.regressor()
         turns = default_model.crop_orientation(batch[:, 0], regressor, *_pair(default_model, batch[:, 0], regressor))
         assert turns.tolist() == [0, 3]
         turned_ref = default_model(stack, flip_test=True, views=turn_views(views, 3))
@@ -184,3 +177,14 @@ def test_pipeline_finds_a_sideways_face(default_model, astronaut, turns):
     assert abs(face.roll - upright.roll) == pytest.approx(90, abs=5)
     assert face.detection is not None
     assert face.box[2] - face.box[0] == pytest.approx(upright.box[2] - upright.box[0], abs=0.1)
+
+
+def test_orientation_turns_rule():
+    from facerecon.models.facerecon import orientation_turns
+
+    d = torch.tensor([[0.01, 0.001, 0.001, 0.001],   # below the gate: kept
+                      [0.10, 0.08, 0.04, 0.09],      # best turn 2 at 0.4 x its own: turned
+                      [0.10, 0.06, 0.07, 0.05],      # best turn 3 at 0.5 x: not below the ratio, kept
+                      [0.10, 0.02, 0.01, 0.03]])     # best turn 2
+    assert orientation_turns(d).tolist() == [0, 2, 0, 2]
+    assert orientation_turns(d, gate=0.005, ratio=0.6).tolist() == [1, 2, 3, 2]

@@ -330,12 +330,22 @@ class FaceRecon(
             shape = "(B, V, 3, {0}, {0})" if views is not None else "(B, 3, {0}, {0})"
             raise ValueError(f"expected images of shape {shape.format(size)}, got {tuple(images.shape)}")
 
+        params, attention = self.regress_crops(images, self.regressor(backbone), flip_test, views, orientation_test,
+                                               turns)
+        return self.decode(params, attention=attention, landmarks_only=landmarks_only)
+
+    def regressor(self, backbone: nn.Module | None = None
+                  ) -> Callable[[torch.Tensor], tuple[FaceParameters, torch.Tensor]]:
+        """The network as a callable: (N, 3, S, S) crops -> (N) parameters and (N, T, h, w) attention.
+
+        Args:
+            backbone: run this feature extractor instead of ``self.backbone`` (see :meth:`forward`).
+        """
         def run(x: torch.Tensor) -> tuple[FaceParameters, torch.Tensor]:
             tokens, attention = self.head((backbone or self.backbone)(x))
             return self.regress(tokens), attention
 
-        params, attention = self.regress_crops(images, run, flip_test, views, orientation_test, turns)
-        return self.decode(params, attention=attention, landmarks_only=landmarks_only)
+        return run
 
     def regress_crops(self, images: torch.Tensor,
                       regressor: Callable[[torch.Tensor], tuple[FaceParameters, torch.Tensor]],
@@ -451,9 +461,7 @@ class FaceRecon(
         p, _ = regressor(torch.cat([turned, turned.flip(-1)]))
         m = turned.shape[0]
         d = self.flip_disagreement(p[:m], p[m:]).view(3, -1)
-        best, k = d.min(0)
-        ok = best < ORIENTATION_RATIO * d0[gated]
-        return turns.index_put((gated[ok],), k[ok] + 1)
+        return turns.index_copy(0, gated, orientation_turns(torch.cat([d0[gated, None], d.T], dim=1)))
 
     def rotate_parameters(self, params: FaceParameters, turns: torch.Tensor) -> FaceParameters:
         """Parameters of the faces turned with their crops by quarter turns about the crop centre.
@@ -657,6 +665,23 @@ class FaceRecon(
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def orientation_turns(disagreement: torch.Tensor, gate: float = ORIENTATION_GATE,
+                      ratio: float = ORIENTATION_RATIO) -> torch.Tensor:
+    """The orientation test's rule (:meth:`FaceRecon.crop_orientation`): which quarter turn brings each face upright.
+
+    Args:
+        disagreement: (B, 4) :meth:`FaceRecon.flip_disagreement` of each crop turned by 0, 1, 2 and 3 quarter turns.
+        gate: a crop is turned only when its own disagreement exceeds this.
+        ratio: ... and the least disagreement of its turns is below this times its own.
+
+    Returns:
+        (B,) int64 quarter turns (0: keep the crop as it is).
+    """
+    best, k = disagreement[:, 1:].min(-1)
+    turn = (disagreement[:, 0] > gate) & (best < ratio * disagreement[:, 0])
+    return torch.where(turn, k + 1, torch.zeros_like(k))
 
 
 def turn_views(views: torch.Tensor, turns: int) -> torch.Tensor:
