@@ -183,8 +183,11 @@ def test_orientation_turns_rule():
     from facerecon.models.facerecon import orientation_turns
 
     d = torch.tensor([[0.01, 0.001, 0.001, 0.001],   # below the gate: kept
-                      [0.10, 0.08, 0.04, 0.09],      # best turn 2 at 0.4 x its own: turned
+                      [0.10, 0.08, 0.029, 0.09],     # best turn 2, below the gate and 0.29 x its own: turned
                       [0.10, 0.06, 0.07, 0.05],      # best turn 3 at 0.5 x: not below the ratio, kept
-                      [0.10, 0.02, 0.01, 0.03]])     # best turn 2
-    assert orientation_turns(d).tolist() == [0, 2, 0, 2]
-    assert orientation_turns(d, gate=0.005, ratio=0.6).tolist() == [1, 2, 3, 2]
+                      [0.10, 0.02, 0.01, 0.025],     # best turn 2
+                      [0.20, 0.05, 0.04, 0.06],      # best turn 2 at 0.2 x, but above the gate itself: kept
+                      [0.044, 0.0186, 0.12, 0.08]])  # best turn 1 at 0.42 x: not below the ratio, kept
+    assert orientation_turns(d).tolist() == [0, 2, 0, 2, 0, 0]
+    assert orientation_turns(d, gate=0.005, ratio=0.6).tolist() == [1, 0, 0, 0, 0, 0]
+    assert orientation_turns(d, gate=0.1, ratio=0.6).tolist() == [0, 0, 0, 0, 2, 0]
