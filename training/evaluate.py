@@ -592,13 +592,14 @@ def evaluate_fairness(model: Any, utk_dir: str | Path, pseudo_labels: str | Path
 
 def fairness_table(fair: dict[str, Any]) -> str:
     """Per-group results of :func:`evaluate_fairness` as a markdown table."""
-    lines = ["| group | n | NME inner 51 (%) | +/- s.e. | SSIM | detection |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| group | n | NME inner 51 (%) | +/- s.e. | median | SSIM | detection |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     groups = [("all", fair["all"])] + [(f"race: {k}", v) for k, v in fair["race"].items()] + \
              [(f"gender: {k}", v) for k, v in fair["gender"].items()]
     for name, v in groups:
         det = f"{100 * v['detection_rate']:.1f}%" if math.isfinite(v["detection_rate"]) else "-"
-        lines.append(f"| {name} | {v['n']} | {100 * v['nme']:.2f} | {100 * v['nme_sem']:.2f} | {v['ssim']:.3f} | "
-                     f"{det} |")
+        lines.append(f"| {name} | {v['n']} | {100 * v['nme']:.2f} | {100 * v['nme_sem']:.2f} | "
+                     f"{100 * v['nme_median']:.2f} | {v['ssim']:.3f} | {det} |")
     return "\n".join(lines)
 
 
