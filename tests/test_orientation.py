@@ -104,8 +104,24 @@ def face_crop(default_model, astronaut):
     return torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float() / 255.0
 
 
+@pytest.fixture
+def loose_rule(monkeypatch):
+    """The orientation rule at ratio 0.5 (the default is 0.4).
+
+    The default model (v41) reads this photo's face turned by a quarter turn with 0.45 times the upright crop's
+    flip disagreement (0.0211 / 0.0473): the default rule keeps such a crop as it is (README: it recovers 85-89 % of
+    the validation crops turned by quarter turns). The tests below check the turning and mapping back, so they
+    loosen the rule enough for this face.
+    """
+    import functools
+
+    import facerecon.models.facerecon as fr
+
+    monkeypatch.setattr(fr, "orientation_turns", functools.partial(fr.orientation_turns, ratio=0.5))
+
+
 @pytest.mark.parametrize("flip_test", [False, True])
-def test_orientation_test_turns_a_sideways_face_upright(default_model, face_crop, flip_test):
+def test_orientation_test_turns_a_sideways_face_upright(default_model, face_crop, flip_test, loose_rule):
     size = default_model.config.input_size
     with torch.no_grad():
         upright = default_model(face_crop, flip_test=flip_test, orientation_test=True)
@@ -122,7 +138,7 @@ def test_orientation_test_turns_a_sideways_face_upright(default_model, face_crop
             assert (without.landmarks_2d - expected).norm(dim=-1).mean() > 0.05 * size
 
 
-def test_orientation_test_with_views_and_in_a_batch(default_model, face_crop):
+def test_orientation_test_with_views_and_in_a_batch(default_model, face_crop, loose_rule):
     """Views turn with the face; faces in one batch get their own turns."""
     views = torch.tensor(SHIFT_TEST_VIEWS)
     stack = face_crop[:, None].expand(-1, len(views), -1, -1, -1)  # all views alike: only the bookkeeping counts
