@@ -50,11 +50,11 @@ SHIFT_TEST_VIEWS: tuple[tuple[float, float, float], ...] = (
 #: image's by more than ``ORIENTATION_GATE`` of the crop side is also regressed turned by 90, 180 and 270 degrees,
 #: and the best turn is used when its own disagreement passes the gate (is below ``ORIENTATION_GATE``) and is below
 #: ``ORIENTATION_RATIO`` times the crop's. Chosen on the training side's validation split
-#: (``benchmarks/orientation_probe.py``): upright crops disagree by 0.014 (median for v38; 0.027 at the 90th
-#: percentile), crops turned by 90 degrees by 0.11. With v41 and the flip + shift test, the rule turns 4 of the 1,732
-#: validation crops, all four faces lying on their side, and the NME falls from 0.04873 (no orientation test) to
-#: 0.04766 (0.04757 if every crop took its best turn); the earlier rule (ratio 0.5, no bound on the turned crop's
-#: disagreement) also turned 3 upright faces (NME 0.04872).
+#: (``benchmarks/orientation_probe.py``, ``benchmarks/orientation_rule.py``): upright crops disagree by 0.014 (median
+#: for v38; 0.027 at the 90th percentile), crops turned by 90 degrees by 0.11. With v41 and the flip + shift test,
+#: the rule turns 4 of the 1,732 validation crops, all four faces lying on their side, and the NME falls from 0.04873
+#: (no orientation test) to 0.04766 (0.04757 if every crop took its best turn); the earlier rule (ratio 0.5, no bound
+#: on the turned crop's disagreement) also turned 3 upright faces (NME 0.04872).
 ORIENTATION_GATE = 0.03
 ORIENTATION_RATIO = 0.4
 
@@ -679,7 +679,7 @@ def orientation_turns(disagreement: torch.Tensor, gate: float = ORIENTATION_GATE
         gate: a crop is turned only when its own disagreement exceeds this and the least disagreement of its turns
             is below it (the turned crop reads like an upright face) ...
         ratio: ... and below this times the crop's own.
-        bounded: False drops the bound of the turned crop's disagreement by the gate (the rule before v41, kept
+        bounded: False drops the bound of the turned crop's disagreement by the gate (the first rule, kept
             for ``benchmarks/orientation_rule.py``).
 
     Returns:
