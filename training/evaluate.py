@@ -597,6 +597,8 @@ def fairness_table(fair: dict[str, Any]) -> str:
     groups = [("all", fair["all"])] + [(f"race: {k}", v) for k, v in fair["race"].items()] + \
              [(f"gender: {k}", v) for k, v in fair["gender"].items()]
     for name, v in groups:
+        if not v["n"]:  # a group without faces (e.g. with --limit) has no numbers
+            continue
         det = f"{100 * v['detection_rate']:.1f}%" if math.isfinite(v["detection_rate"]) else "-"
         lines.append(f"| {name} | {v['n']} | {100 * v['nme']:.2f} | {100 * v['nme_sem']:.2f} | "
                      f"{100 * v['nme_median']:.2f} | {v['ssim']:.3f} | {det} |")

@@ -282,7 +282,9 @@ def _fairness_limitation(fair: dict[str, Any] | None, pseudo: bool = False) -> s
 
 
 def _fairness_section(fair: dict[str, Any]) -> list[str]:
-    lines = [
+    from training.evaluate import fairness_table
+
+    return [
         "## Fairness slice (measured)",
         "",
         "UTKFace aligned photos (research-only; never used for training), per race group and gender as labelled by "
@@ -294,19 +296,9 @@ def _fairness_section(fair: dict[str, Any]) -> list[str]:
         "points on a photo of cloth, or collapsed onto the nose): the crop then shows no face and its NME says "
         "nothing about the model, but it moves a small group's mean and standard error more than its median.",
         "",
-        "| group | n | NME inner 51 (%) | +/- s.e. | median | SSIM | detection |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        fairness_table(fair),
+        "",
     ]
-    groups = [("all", fair["all"])] + [(f"race: {k}", v) for k, v in fair["race"].items()] + \
-        [(f"gender: {k}", v) for k, v in fair["gender"].items()]
-    for name, v in groups:
-        if not v["n"]:
-            continue
-        det = f"{100 * v['detection_rate']:.1f}%" if v["detection_rate"] == v["detection_rate"] else "-"
-        lines.append(f"| {name} | {v['n']} | {_pct(v['nme'])} | {_pct(v['nme_sem'])} | {_pct(v['nme_median'])} | "
-                     f"{v['ssim']:.3f} | {det} |")
-    lines.append("")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
