@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,13 +38,14 @@ def disagreements(model, crops: torch.Tensor, batch: int = 128) -> torch.Tensor:
     return torch.cat(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from facerecon.models.facerecon import FaceRecon, orientation_turns
+def setup(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, Any, list, torch.Tensor]:
+    """Parse the probe scripts' arguments; load the model, the config's validation records and their crops."""
+    from facerecon.models.facerecon import FaceRecon
     from training.config import load_config
     from training.data import RealFaceDataset
     from training.train import validation_records
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training config whose validation split is used")
     p.add_argument("--model", required=True, help="model folder or Hub id")
     p.add_argument("--threads", type=int, default=None)
@@ -54,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     model = FaceRecon.from_pretrained(args.model).eval()
     records = validation_records(load_config(args.config))
     ds = RealFaceDataset(records, size=model.config.input_size, augment=False, crop_scale=model.config.crop_scale)
-    crops = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return args, model, records, torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from facerecon.models.facerecon import orientation_turns
+
+    args, model, _, crops = setup(argv, __doc__)
     d = disagreements(model, crops)
     # A crop given turned by j quarter turns has disagreement d[:, (i + j) % 4] when turned by i more.
     given = {j: d[:, [(i + j) % 4 for i in range(4)]] for j in range(4)}

@@ -15,10 +15,8 @@ The AFLW2000-3D dev split is not used. About four own-validation passes with the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -51,25 +49,12 @@ def turn_nme(model, records: list, batch: int = 128) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orientation_probe import disagreements
+    from orientation_probe import disagreements, setup
 
-    from facerecon.models.facerecon import FaceRecon, orientation_turns
-    from training.config import load_config
-    from training.data import RealFaceDataset
-    from training.train import validation_records
+    from facerecon.models.facerecon import orientation_turns
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training config whose validation split is used")
-    p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None, help="also write the table here")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = FaceRecon.from_pretrained(args.model).eval()
-    records = validation_records(load_config(args.config))
-    ds = RealFaceDataset(records, size=model.config.input_size, augment=False, crop_scale=model.config.crop_scale)
-    d = disagreements(model, torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    args, model, records, crops = setup(argv, __doc__)
+    d = disagreements(model, crops)
     e = turn_nme(model, records)
     print(f"{len(e)} validation crops; NME without the test {e[:, 0].mean():.5f}, best turn per crop (oracle) "
           f"{e.min(-1).values.mean():.5f}")
