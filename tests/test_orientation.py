@@ -201,9 +201,16 @@ def test_orientation_turns_rule():
     d = torch.tensor([[0.01, 0.001, 0.001, 0.001],   # below the gate: kept
                       [0.10, 0.08, 0.029, 0.09],     # best turn 2, below the gate and 0.29 x its own: turned
                       [0.10, 0.06, 0.07, 0.05],      # best turn 3 at 0.5 x: not below the ratio, kept
-                      [0.10, 0.02, 0.01, 0.025],     # best turn 2
+                      [0.10, 0.02, 0.01, 0.025],     # best turn 2; best quarter turn 1 (0.2 x)
                       [0.20, 0.05, 0.04, 0.06],      # best turn 2 at 0.2 x, but above the gate itself: kept
                       [0.044, 0.0186, 0.12, 0.08]])  # best turn 1 at 0.42 x: not below the ratio, kept
-    assert orientation_turns(d).tolist() == [0, 2, 0, 2, 0, 0]
-    assert orientation_turns(d, gate=0.005, ratio=0.6).tolist() == [1, 0, 0, 0, 0, 0]
-    assert orientation_turns(d, gate=0.1, ratio=0.6).tolist() == [0, 0, 0, 0, 2, 0]
+    assert orientation_turns(d).tolist() == [0, 0, 0, 1, 0, 0]  # default: quarter turns only
+    assert orientation_turns(d, turns=(1, 2, 3)).tolist() == [0, 2, 0, 2, 0, 0]
+    assert orientation_turns(d, gate=0.005, ratio=0.6, turns=(1, 2, 3)).tolist() == [1, 0, 0, 0, 0, 0]
+    assert orientation_turns(d, gate=0.1, ratio=0.6, turns=(1, 2, 3)).tolist() == [0, 0, 0, 0, 2, 0]
+    assert orientation_turns(d, gate=0.1, ratio=0.6).tolist() == [0, 0, 0, 0, 1, 0]
+    inf = d.clone()
+    inf[:, 2] = float("inf")  # what crop_orientation passes for the turn it does not try
+    assert orientation_turns(inf).tolist() == orientation_turns(d).tolist()
+    with pytest.raises(ValueError, match="turns"):
+        orientation_turns(d, turns=(0, 1))

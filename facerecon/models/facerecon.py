@@ -47,16 +47,19 @@ SHIFT_TEST_VIEWS: tuple[tuple[float, float, float], ...] = (
     (1.0, 0.0, 0.0), (1.0, 0.07, 0.0), (1.0, -0.07, 0.0), (1.0, 0.0, 0.07), (1.0, 0.0, -0.07))
 
 #: The orientation test (:meth:`FaceRecon.crop_orientation`): a crop whose landmarks disagree with its mirror
-#: image's by more than ``ORIENTATION_GATE`` of the crop side is also regressed turned by 90, 180 and 270 degrees,
-#: and the best turn is used when its own disagreement passes the gate (is below ``ORIENTATION_GATE``) and is below
-#: ``ORIENTATION_RATIO`` times the crop's. Chosen on the training side's validation split
-#: (``benchmarks/orientation_probe.py``, ``benchmarks/orientation_rule.py``): upright crops disagree by 0.014 (median
-#: for v38; 0.027 at the 90th percentile), crops turned by 90 degrees by 0.11. With v41 and the flip + shift test,
-#: the rule turns 4 of the 1,732 validation crops, all four faces lying on their side, and the NME falls from 0.04873
-#: (no orientation test) to 0.04766 (0.04757 if every crop took its best turn); the earlier rule (ratio 0.5, no bound
-#: on the turned crop's disagreement) also turned 3 upright faces (NME 0.04872).
+#: image's by more than ``ORIENTATION_GATE`` of the crop side is also regressed turned by the quarter turns in
+#: ``ORIENTATION_TURNS`` (90 and 270 degrees), and the better turn is used when its own disagreement passes the gate
+#: (is below ``ORIENTATION_GATE``) and is below ``ORIENTATION_RATIO`` times the crop's. Chosen on the training side's
+#: validation split (``benchmarks/orientation_probe.py``, ``benchmarks/orientation_rule.py``): upright crops disagree
+#: by 0.014 (median for v38; 0.027 at the 90th percentile), crops turned by 90 degrees by 0.11. With v41 and the
+#: flip + shift test, the rule turns 4 of the 1,732 validation crops, all four faces lying on their side, and the NME
+#: falls from 0.04873 (no orientation test) to 0.04766 (0.04757 if every crop took its best turn); the earlier rule
+#: (ratio 0.5, no bound on the turned crop's disagreement) also turned 3 upright faces (NME 0.04872). Half turns are
+#: not tried: the validation split has no upside-down faces, and the one crop v43 turned by 180 degrees was an upright
+#: face (NME 0.116 -> 0.714); upside-down photos are still found by the pipeline's detector in the turned photo.
 ORIENTATION_GATE = 0.03
 ORIENTATION_RATIO = 0.4
+ORIENTATION_TURNS: tuple[int, ...] = (1, 3)
 
 MODEL_CARD_TEMPLATE = """
 ---
@@ -442,8 +445,9 @@ class FaceRecon(
 
         A face the regressor reads well gives nearly the same landmarks as its mirror image; one lying on its side
         does not. Crops whose :meth:`flip_disagreement` exceeds :data:`ORIENTATION_GATE` are also regressed (with
-        their flips) turned by 1, 2 and 3 quarter turns, and the turn with the least disagreement is chosen when
-        that is below the gate and below :data:`ORIENTATION_RATIO` times the crop's own (:func:`orientation_turns`).
+        their flips) turned by the quarter turns in :data:`ORIENTATION_TURNS` (1 and 3), and the turn with the least
+        disagreement is chosen when that is below the gate and below :data:`ORIENTATION_RATIO` times the crop's own
+        (:func:`orientation_turns`). Half turns are left to the pipeline's detector (it also looks in turned photos).
 
         Args:
             crops: (B, 3, S, S) crops.
@@ -460,11 +464,13 @@ class FaceRecon(
         gated = (d0 > ORIENTATION_GATE).nonzero().flatten()
         if len(gated) == 0:
             return turns
-        turned = torch.cat([torch.rot90(crops[gated], k, dims=(-2, -1)) for k in (1, 2, 3)])
+        turned = torch.cat([torch.rot90(crops[gated], k, dims=(-2, -1)) for k in ORIENTATION_TURNS])
         p, _ = regressor(torch.cat([turned, turned.flip(-1)]))
         m = turned.shape[0]
-        d = self.flip_disagreement(p[:m], p[m:]).view(3, -1)
-        return turns.index_copy(0, gated, orientation_turns(torch.cat([d0[gated, None], d.T], dim=1)))
+        d = torch.full((len(gated), 4), float("inf"), dtype=d0.dtype, device=d0.device)
+        d[:, 0] = d0[gated]
+        d[:, list(ORIENTATION_TURNS)] = self.flip_disagreement(p[:m], p[m:]).view(len(ORIENTATION_TURNS), -1).T
+        return turns.index_copy(0, gated, orientation_turns(d))
 
     def rotate_parameters(self, params: FaceParameters, turns: torch.Tensor) -> FaceParameters:
         """Parameters of the faces turned with their crops by quarter turns about the crop centre.
@@ -671,21 +677,27 @@ class FaceRecon(
 
 
 def orientation_turns(disagreement: torch.Tensor, gate: float = ORIENTATION_GATE,
-                      ratio: float = ORIENTATION_RATIO, bounded: bool = True) -> torch.Tensor:
+                      ratio: float = ORIENTATION_RATIO, bounded: bool = True,
+                      turns: tuple[int, ...] = ORIENTATION_TURNS) -> torch.Tensor:
     """The orientation test's rule (:meth:`FaceRecon.crop_orientation`): which quarter turn brings each face upright.
 
     Args:
-        disagreement: (B, 4) :meth:`FaceRecon.flip_disagreement` of each crop turned by 0, 1, 2 and 3 quarter turns.
+        disagreement: (B, 4) :meth:`FaceRecon.flip_disagreement` of each crop turned by 0, 1, 2 and 3 quarter turns
+            (columns of turns not in ``turns`` are ignored and may hold anything, e.g. ``inf``).
         gate: a crop is turned only when its own disagreement exceeds this and the least disagreement of its turns
             is below it (the turned crop reads like an upright face) ...
         ratio: ... and below this times the crop's own.
         bounded: False drops the bound of the turned crop's disagreement by the gate (the first rule, kept
             for ``benchmarks/orientation_rule.py``).
+        turns: the quarter turns (of 1, 2, 3) the rule may choose.
 
     Returns:
         (B,) int64 quarter turns (0: keep the crop as it is).
     """
-    best, k = disagreement[:, 1:].min(-1)
+    if not turns or any(k not in (1, 2, 3) for k in turns):
+        raise ValueError(f"turns must be a non-empty subset of (1, 2, 3), got {turns}")
+    allowed = torch.tensor([k in turns for k in (1, 2, 3)], device=disagreement.device)
+    best, k = disagreement[:, 1:].masked_fill(~allowed, float("inf")).min(-1)
     turn = (disagreement[:, 0] > gate) & (best < ratio * disagreement[:, 0])
     if bounded:
         turn = turn & (best < gate)
