@@ -127,7 +127,7 @@ def test_orientation_test_turns_a_sideways_face_upright(default_model, face_crop
         upright = default_model(face_crop, flip_test=flip_test, orientation_test=True)
         plain = default_model(face_crop, flip_test=flip_test)
         torch.testing.assert_close(upright.landmarks_2d, plain.landmarks_2d, rtol=0, atol=0)  # upright: untouched
-        for turns in (1, 3):  # (upside down, this face's flip disagreement is 1.5x the upright one's: kept as is)
+        for turns in (1, 3):  # (crops are not tried upside down: ORIENTATION_TURNS)
             crops = torch.rot90(face_crop, turns, dims=(-2, -1))
             expected = _turn_points(plain.landmarks_2d, turns, size)
             out = default_model(crops, flip_test=flip_test, orientation_test=True)

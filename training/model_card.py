@@ -159,7 +159,7 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            "cost (10x with the flip test); the synthetic faces are rendered crops and are measured without it."
            if ev.get("shift_test") else "")
         + (" With the orientation test (`--orientation-test`, also the default there) a crop whose landmarks disagree "
-           "with its mirror image's by more than 3 % of the crop side is also regressed turned by 90, 180 and 270 "
+           "with its mirror image's by more than 3 % of the crop side is also regressed turned by 90 and 270 "
            "degrees, and a face lying on its side is regressed upright (the outputs mapped back); only the crops it "
            "flags cost extra passes." if ev.get("orientation_test") else ""),
         "",
@@ -251,9 +251,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         "- The Haar face detector misses some profile faces (beyond 90 degrees about half) and can fire on "
         "face-like patterns; pass a box to `reconstruct` when you have one.",
         "- In-plane rotation: training turned the crops by at most 30 degrees. The orientation test regresses faces "
-        "lying on their side or upside down upright (found by the flip disagreement of their landmarks, or by "
-        "the detector in the turned photo), but faces tilted by about 45 degrees or looking steeply down can be "
-        "misread or turned the wrong way.",
+        "lying on their side upright (found by the flip disagreement of their landmarks, or by the detector in the "
+        "turned photo) and upside-down faces the detector finds in the photo turned by 180 degrees (not crops or "
+        "boxes given by the caller), but faces tilted by about 45 degrees or looking steeply down can be misread "
+        "or turned the wrong way.",
         "- Occlusions (hands, masks, sunglasses) were only simulated in training.",
         _fairness_limitation(ev.get("fairness"), bool(cfg.get("pseudo_sources"))),
         "- Weak perspective camera: no absolute depth or focal length.",
