@@ -190,8 +190,8 @@ class Reconstructor:
             face in the photo, it also looks in the photo turned by 90, 270 and 180 degrees (in that order), and the
             faces it finds there are regressed with their crops turned upright, the results mapped back. A face box
             given by the caller gets the model's orientation test instead (:meth:`FaceRecon.crop_orientation`:
-            quarter turns only, extra passes only for the crops whose flip disagreement flags them). Faces the detector finds upright
-            are regressed as they are.
+            quarter turns only, extra passes only for the crops whose flip disagreement flags them). Faces the
+            detector finds upright are regressed as they are.
     """
 
     def __init__(self, model: FaceRecon, detector: FaceDetector | None = None, refine_steps: int = 2,
