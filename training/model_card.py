@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from facerecon.models.facerecon import ORIENTATION_GATE, ORIENTATION_TURNS
 from training.config import JAW_YAW_THRESHOLD_DEG
 
 
@@ -159,9 +160,10 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            "cost (10x with the flip test); the synthetic faces are rendered crops and are measured without it."
            if ev.get("shift_test") else "")
         + (" With the orientation test (`--orientation-test`, also the default there) a crop whose landmarks disagree "
-           "with its mirror image's by more than 3 % of the crop side is also regressed turned by 90 and 270 "
-           "degrees, and a face lying on its side is regressed upright (the outputs mapped back); only the crops it "
-           "flags cost extra passes." if ev.get("orientation_test") else ""),
+           f"with its mirror image's by more than {100 * ORIENTATION_GATE:g} % of the crop side is also regressed "
+           f"turned by {' and '.join(str(90 * k) for k in ORIENTATION_TURNS)} degrees, and a face lying on its side "
+           "is regressed upright (the outputs mapped back); only the crops it flags cost extra passes."
+           if ev.get("orientation_test") else ""),
         "",
         "## Training",
         "",
