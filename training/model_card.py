@@ -15,12 +15,23 @@ from typing import Any
 
 import yaml
 
-from facerecon.models.facerecon import ORIENTATION_GATE, ORIENTATION_TURNS
+from facerecon.models.facerecon import ORIENTATION_GATE, ORIENTATION_TURNS, SHIFT_TEST_VIEWS
 from training.config import JAW_YAW_THRESHOLD_DEG
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
+
+
+def _count_words(n: int) -> str:
+    """Small counts as words ("four"), larger ones as digits."""
+    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return words[n] if 0 <= n < len(words) else str(n)
+
+
+def _shift_percent() -> str:
+    """The shift test's largest view shift in % of the crop side (:data:`SHIFT_TEST_VIEWS`), e.g. "7"."""
+    return f"{100 * max(max(abs(dx), abs(dy)) for _, dx, dy in SHIFT_TEST_VIEWS):g}"
 
 
 # Bundled landmark definitions whose jaw was placed by ``training.fit_landmarks --jaw-from-ears``: the depth of the
@@ -155,9 +166,11 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            "each crop and its mirror image are regressed and the face parameters averaged (mirror-mapped), at twice "
            "the regressor's cost; `model(crops, flip_test=True)` does the same on crops." if ev.get("flip_test")
            else "")
-        + (" With the shift test (`--shift-test`, also the default there) the crop and four crops shifted by 7 % of "
-           "its side are regressed and the parameters, mapped into the crop's frame, averaged: 5x the regressor's "
-           "cost (10x with the flip test); the synthetic faces are rendered crops and are measured without it."
+        + (" With the shift test (`--shift-test`, also the default there) the crop and "
+           f"{_count_words(len(SHIFT_TEST_VIEWS) - 1)} crops shifted by {_shift_percent()} % of its side are regressed "
+           "and the parameters, mapped into the crop's frame, averaged: "
+           f"{len(SHIFT_TEST_VIEWS)}x the regressor's cost ({2 * len(SHIFT_TEST_VIEWS)}x with the flip test); the "
+           "synthetic faces are rendered crops and are measured without it."
            if ev.get("shift_test") else "")
         + (" With the orientation test (`--orientation-test`, also the default there) a crop whose landmarks disagree "
            f"with its mirror image's by more than {100 * ORIENTATION_GATE:g} % of the crop side is also regressed "
