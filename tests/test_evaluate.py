@@ -196,7 +196,8 @@ def test_model_card_from_results(tmp_path, monkeypatch):
     assert "With the shift test (`--shift-test`" in shifted and "mean, with the flip test | 5.00 / 2.50 |" in shifted
     assert "orientation test (`--orientation-test`" not in shifted
     assert "the crop and four crops shifted by 7 % of its side" in shifted and "5x the regressor's cost (10x" in shifted
-    monkeypatch.setattr("training.model_card.SHIFT_TEST_VIEWS", ((1.0, 0.0, 0.0), (1.0, 0.05, 0.0), (1.0, -0.05, 0.0)))
+    views = ((1.0, 0.0, 0.0), (1.0, 0.05, 0.0), (1.0, -0.05, 0.0))
+    monkeypatch.setattr("facerecon.models.facerecon.SHIFT_TEST_VIEWS", views)
     two = render_card(dict(ev, flip_test=True, shift_test=True), {"config": cfg}, "cmd")
     assert "the crop and two crops shifted by 5 % of its side" in two and "3x the regressor's cost (6x" in two
     oriented = render_card(dict(ev, flip_test=True, shift_test=True, orientation_test=True), {"config": cfg}, "cmd",

@@ -661,7 +661,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     if results.get("flip_test"):
         rows.append(("Flip test (mirrored crop averaged)", "yes"))
     if results.get("shift_test"):
-        rows.append(("Shift test (4 shifted crops averaged; not the synthetic faces)", "yes"))
+        from facerecon.models.facerecon import SHIFT_TEST_VIEWS
+
+        shifted = len(SHIFT_TEST_VIEWS) - 1
+        rows.append((f"Shift test ({shifted} shifted crops averaged; not the synthetic faces)", "yes"))
     if results.get("orientation_test"):
         rows.append(("Orientation test (faces on their side regressed upright)", "yes"))
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]

@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from facerecon.models.facerecon import ORIENTATION_GATE, ORIENTATION_TURNS, SHIFT_TEST_VIEWS
 from training.config import JAW_YAW_THRESHOLD_DEG
 
 
@@ -29,9 +28,9 @@ def _count_words(n: int) -> str:
     return words[n] if 0 <= n < len(words) else str(n)
 
 
-def _shift_percent() -> str:
-    """The shift test's largest view shift in % of the crop side (:data:`SHIFT_TEST_VIEWS`), e.g. "7"."""
-    return f"{100 * max(max(abs(dx), abs(dy)) for _, dx, dy in SHIFT_TEST_VIEWS):g}"
+def _shift_percent(views: tuple[tuple[float, float, float], ...]) -> str:
+    """The largest shift of test views ``(m, dx, dy)`` in % of the crop side, e.g. "7"."""
+    return f"{100 * max(max(abs(dx), abs(dy)) for _, dx, dy in views):g}"
 
 
 # Bundled landmark definitions whose jaw was placed by ``training.fit_landmarks --jaw-from-ears``: the depth of the
@@ -54,6 +53,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
         plain: optional results of the same model in the other inference mode (with / without ``--flip-test``),
             reported beside the headline.
     """
+    from facerecon.models.facerecon import ORIENTATION_GATE, ORIENTATION_TURNS, SHIFT_TEST_VIEWS
+
     a = ev["aflw2000"]
     bins = a["nme_bins"]
     pose = a["pose_mae_deg"]
@@ -167,8 +168,8 @@ def render_card(ev: dict[str, Any], train: dict[str, Any], command: str,
            "the regressor's cost; `model(crops, flip_test=True)` does the same on crops." if ev.get("flip_test")
            else "")
         + (" With the shift test (`--shift-test`, also the default there) the crop and "
-           f"{_count_words(len(SHIFT_TEST_VIEWS) - 1)} crops shifted by {_shift_percent()} % of its side are regressed "
-           "and the parameters, mapped into the crop's frame, averaged: "
+           f"{_count_words(len(SHIFT_TEST_VIEWS) - 1)} crops shifted by {_shift_percent(SHIFT_TEST_VIEWS)} % of its "
+           "side are regressed and the parameters, mapped into the crop's frame, averaged: "
            f"{len(SHIFT_TEST_VIEWS)}x the regressor's cost ({2 * len(SHIFT_TEST_VIEWS)}x with the flip test); the "
            "synthetic faces are rendered crops and are measured without it."
            if ev.get("shift_test") else "")
